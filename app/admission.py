@@ -1,0 +1,101 @@
+"""Checks a request against the configured limits and the loaded model, then builds a Job."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+
+from app.errors import InvalidRequest, ModelNotFound
+from app.jobs import GenerationParams, Job
+from app.model import LoadedModel
+from app.schemas import MAX_SEED, ImageGenerationRequest, parse_size
+from app.settings import Settings
+
+
+def check_model(requested: str | None, settings: Settings) -> None:
+    if requested is not None and requested != settings.served_model_name:
+        raise ModelNotFound(
+            f"The model '{requested}' does not exist here; this server serves "
+            f"'{settings.served_model_name}'.",
+            param="model",
+        )
+
+
+def _size(body: ImageGenerationRequest, settings: Settings, model: LoadedModel) -> tuple[int, int]:
+    if body.size is None:
+        return model.native_width, model.native_height
+    parsed = parse_size(body.size)
+    assert parsed is not None  # the schema already checked the shape
+    width, height = parsed
+    if width < 8 or height < 8 or width % 8 or height % 8:
+        raise InvalidRequest(
+            f"size '{body.size}' is invalid: width and height must be positive multiples of 8.",
+            param="size",
+        )
+    if width * height > settings.max_pixels:
+        raise InvalidRequest(
+            f"size '{body.size}' has {width * height} pixels; the limit is "
+            f"{settings.max_pixels} (SLEEPWELL_MAX_PIXELS).",
+            param="size",
+        )
+    return width, height
+
+
+def _check_ranges(body: ImageGenerationRequest, settings: Settings) -> None:
+    if not 1 <= body.n <= settings.max_images:
+        raise InvalidRequest(
+            f"n must be between 1 and {settings.max_images}; got {body.n}.", param="n"
+        )
+    if len(body.prompt) > settings.max_prompt_chars:
+        raise InvalidRequest(
+            f"prompt has {len(body.prompt)} characters; the limit is {settings.max_prompt_chars}.",
+            param="prompt",
+        )
+    if body.negative_prompt is not None and len(body.negative_prompt) > settings.max_prompt_chars:
+        raise InvalidRequest(
+            f"negative_prompt is longer than {settings.max_prompt_chars} characters.",
+            param="negative_prompt",
+        )
+    steps = body.num_inference_steps
+    if steps is not None and not 1 <= steps <= settings.max_steps:
+        raise InvalidRequest(
+            f"num_inference_steps must be between 1 and {settings.max_steps}; got {steps}.",
+            param="num_inference_steps",
+        )
+
+
+def seeds_for(body: ImageGenerationRequest) -> list[int]:
+    if body.seed is None:
+        return [secrets.randbelow(MAX_SEED + 1) for _ in range(body.n)]
+    return [(body.seed + index) % (MAX_SEED + 1) for index in range(body.n)]
+
+
+def build_job(
+    body: ImageGenerationRequest, settings: Settings, model: LoadedModel, request_id: str
+) -> Job:
+    """Validate against limits and the model; raises InvalidRequest naming the parameter."""
+    check_model(body.model, settings)
+    _check_ranges(body, settings)
+    width, height = _size(body, settings, model)
+    params = GenerationParams(
+        width=width,
+        height=height,
+        steps=body.num_inference_steps or settings.default_steps,
+        guidance_scale=(
+            settings.default_guidance_scale if body.guidance_scale is None else body.guidance_scale
+        ),
+        output_format=body.output_format,
+    )
+    future = asyncio.get_running_loop().create_future()
+    # Mark exceptions as retrieved: a cancelled request's answer is never read by anyone.
+    future.add_done_callback(lambda done: done.cancelled() or done.exception())
+    return Job(
+        request_id=request_id,
+        prompt=body.prompt,
+        negative_prompt=body.negative_prompt,
+        seeds=seeds_for(body),
+        params=params,
+        deadline=time.monotonic() + settings.request_timeout_s,
+        future=future,
+    )

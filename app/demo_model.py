@@ -1,0 +1,176 @@
+"""Build the tiny random-weight Stable Diffusion pipeline used by the demo and the tests.
+
+There is no model hub on the build machines, so the project makes its own model: every
+component is constructed from a fixed seed, saved with ``save_pretrained`` and then served
+through exactly the same ``from_pretrained`` path as a real checkpoint. Its images are noise.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+DEMO_SEED = 0
+DEMO_MODEL_NAME = "sleepwell-demo-tiny-sd"
+# The marker file is written last, so a directory without it is an interrupted build.
+_COMPLETE_MARKER = ".sleepwell-demo-complete"
+
+
+def _byte_level_vocab() -> dict[str, int]:
+    """A CLIP byte-level vocabulary with no merges: every byte is its own token."""
+    # Same table as CLIP's bytes_to_unicode(): printable bytes map to themselves.
+    printable = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
+    chars = [chr(b) for b in printable]
+    extra = 0
+    for b in range(256):
+        if b not in printable:
+            chars.append(chr(256 + extra))
+            extra += 1
+    tokens = ["<|startoftext|>", "<|endoftext|>", *chars, *(c + "</w>" for c in chars)]
+    return {token: index for index, token in enumerate(tokens)}
+
+
+def _write_tokenizer_files(directory: Path) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "vocab.json").write_text(json.dumps(_byte_level_vocab()), encoding="utf-8")
+    (directory / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
+
+
+def _make_tokenizer(tokenizer_class: Any, raw_dir: Path) -> Any:
+    # transformers 5 takes the vocabulary in memory; 4.x only reads it from files.
+    if "vocab" in inspect.signature(tokenizer_class.__init__).parameters:
+        return tokenizer_class(vocab=_byte_level_vocab(), merges=[], model_max_length=77)
+    _write_tokenizer_files(raw_dir)
+    return tokenizer_class(
+        vocab_file=str(raw_dir / "vocab.json"),
+        merges_file=str(raw_dir / "merges.txt"),
+        model_max_length=77,
+    )
+
+
+def build_demo_pipeline(raw_tokenizer_dir: Path):  # type: ignore[no-untyped-def]
+    """Construct the pipeline in memory, deterministically from DEMO_SEED."""
+    import torch
+    from diffusers import (
+        AutoencoderKL,
+        EulerDiscreteScheduler,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    tokenizer = _make_tokenizer(CLIPTokenizer, raw_tokenizer_dir)
+    torch.manual_seed(DEMO_SEED)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        sample_size=32,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32,
+        norm_num_groups=8,
+    )
+    torch.manual_seed(DEMO_SEED)
+    vae = AutoencoderKL(
+        block_out_channels=[32, 64],
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
+        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
+        latent_channels=4,
+        norm_num_groups=8,
+    )
+    torch.manual_seed(DEMO_SEED)
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            bos_token_id=0,
+            eos_token_id=1,
+            pad_token_id=1,
+            hidden_size=32,
+            intermediate_size=37,
+            layer_norm_eps=1e-05,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            vocab_size=len(tokenizer),
+            max_position_embeddings=77,
+        )
+    )
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000
+    )
+    return StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def is_built(target: Path) -> bool:
+    return (target / _COMPLETE_MARKER).is_file()
+
+
+def ensure_demo_model(target: Path) -> Path:
+    """Build the demo model at ``target`` unless a complete copy is already there.
+
+    Several workers may race here; each builds into its own temporary directory and the
+    first atomic rename wins, so no worker ever loads a half-written model.
+    """
+    if is_built(target):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=".demo-build-", dir=target.parent))
+    try:
+        pipeline = build_demo_pipeline(scratch / "raw-tokenizer")
+        model_dir = scratch / "model"
+        pipeline.save_pretrained(model_dir, safe_serialization=True)
+        _make_world_readable(model_dir)
+        (model_dir / _COMPLETE_MARKER).write_text(DEMO_MODEL_NAME, encoding="utf-8")
+        try:
+            os.rename(model_dir, target)
+            logger.info("built demo model at %s", target)
+        except OSError:
+            if not is_built(target):
+                raise
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return target
+
+
+def _make_world_readable(directory: Path) -> None:
+    # safetensors may write files 0600; a different runtime user must still read them.
+    for path in directory.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    directory.chmod(0o755)
+
+
+def main() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Build the Sleepwell demo model.")
+    parser.add_argument("target", type=Path)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO)
+    print(ensure_demo_model(args.target))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,226 @@
+"""The inference thread and everything that runs on it: loading and pipeline calls.
+
+The pipeline is touched only by this thread, so the event loop never blocks on the model
+and no lock is needed around it. Failures are turned into per-request outcomes here, so one
+bad request or an OOM never takes its batch-mates down with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import torch
+
+from app import metrics
+from app.errors import Cancelled, InferenceFailed, ServiceUnavailable, SleepwellError
+from app.faults import FaultInjector, FaultPlan, plan_for
+from app.jobs import Job
+from app.model import LoadedModel, load_model
+from app.settings import Settings
+
+logger = logging.getLogger("sleepwell.engine")
+T = TypeVar("T")
+Outcome = list[Any] | SleepwellError  # PIL images, or the error for that request
+
+
+class GenerationInterrupted(Exception):
+    """Raised from the step callback when every request in the batch was abandoned."""
+
+
+@dataclass
+class Progress:
+    """Heartbeat of the inference thread, read by health checks on the loop."""
+
+    running: bool = False
+    run_started_at: float = 0.0
+    last_step_at: float = 0.0
+    steps_in_run: int = 0
+
+    def start(self) -> None:
+        now = time.monotonic()
+        self.run_started_at = self.last_step_at = now
+        self.steps_in_run = 0
+        self.running = True
+
+    def step(self) -> None:
+        self.last_step_at = time.monotonic()
+        self.steps_in_run += 1
+
+    def stop(self) -> None:
+        self.running = False
+
+    def seconds_since_progress(self) -> float:
+        return time.monotonic() - self.last_step_at if self.running else 0.0
+
+
+class InferenceThread:
+    """One dedicated daemon thread. Daemon, so a hung kernel cannot block process exit."""
+
+    def __init__(self, name: str = "sleepwell-inference") -> None:
+        self._tasks: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while (task := self._tasks.get()) is not None:
+            task()
+
+    def run(self, fn: Callable[[], T]) -> asyncio.Future[T]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+
+        def settle(value: T | None, error: BaseException | None) -> None:
+            if future.done():
+                return
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(value)  # type: ignore[arg-type]
+
+        def task() -> None:
+            try:
+                value = fn()
+            except BaseException as exc:  # handed to the awaiting coroutine
+                loop.call_soon_threadsafe(settle, None, exc)
+            else:
+                loop.call_soon_threadsafe(settle, value, None)
+
+        self._tasks.put(task)
+        return future
+
+    def stop(self, timeout: float) -> bool:
+        """Ask the thread to finish; True if it did within ``timeout``."""
+        self._tasks.put(None)
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+
+class Engine:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.progress = Progress()
+        self.faults = FaultInjector()
+        self.model: LoadedModel | None = None
+
+    def load(self) -> LoadedModel:
+        self.model = load_model(self.settings)
+        return self.model
+
+    def run(self, jobs: list[Job]) -> list[Outcome]:
+        """Run a batch; on any failure of a merged batch, retry its requests one by one."""
+        try:
+            return self._call(jobs)
+        except GenerationInterrupted:
+            return [Cancelled("generation stopped: nobody is waiting for it")] * len(jobs)
+        except torch.cuda.OutOfMemoryError as exc:
+            self._after_oom(exc, jobs)
+            if len(jobs) > 1:
+                return [self._run_alone(job) for job in jobs]
+            return [_oom_error()]
+        except Exception as exc:
+            if len(jobs) > 1:
+                logger.warning("batch of %d failed (%s); retrying one by one", len(jobs), exc)
+                return [self._run_alone(job) for job in jobs]
+            return [self._failed(jobs[0], exc)]
+        finally:
+            self.progress.stop()
+
+    def _run_alone(self, job: Job) -> Outcome:
+        if job.abandoned():
+            return Cancelled("request abandoned before retry")
+        try:
+            return self._call([job])[0]
+        except GenerationInterrupted:
+            return Cancelled("generation stopped: nobody is waiting for it")
+        except torch.cuda.OutOfMemoryError as exc:
+            self._after_oom(exc, [job])
+            return _oom_error()
+        except Exception as exc:
+            return self._failed(job, exc)
+
+    def _failed(self, job: Job, exc: Exception) -> SleepwellError:
+        logger.error("generation failed request_id=%s", job.request_id, exc_info=exc)
+        return InferenceFailed(
+            f"The generation failed on the server (request id {job.request_id})."
+        )
+
+    def _after_oom(self, exc: BaseException, jobs: list[Job]) -> None:
+        metrics.CUDA_OOM.inc()
+        ids = ",".join(job.request_id for job in jobs)
+        logger.warning(
+            "CUDA out of memory in a batch of %d (request_ids=%s): %s", len(jobs), ids, exc
+        )
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def _call(self, jobs: list[Job]) -> list[Outcome]:
+        assert self.model is not None, "run() before load()"
+        params = jobs[0].params
+        prompts = [job.prompt for job in jobs for _ in job.seeds]
+        plan = plan_for(prompts, len(jobs), self.settings.fault_injection)
+        self.progress.start()
+        self.faults.before_call(plan)
+        started = time.monotonic()
+        for job in jobs:
+            job.started_at = job.started_at or started
+        with torch.inference_mode():
+            output = self.model.pipeline(
+                prompt=prompts,
+                negative_prompt=_negative_prompts(jobs),
+                width=params.width,
+                height=params.height,
+                num_inference_steps=params.steps,
+                guidance_scale=params.guidance_scale,
+                # CPU generators: the same seed gives the same noise on any device.
+                generator=[torch.Generator("cpu").manual_seed(s) for j in jobs for s in j.seeds],
+                output_type="pil",
+                callback_on_step_end=self._step_callback(jobs, plan),
+            )
+        return _split(list(output.images), jobs)
+
+    def _step_callback(self, jobs: list[Job], plan: FaultPlan) -> Callable[..., Any]:
+        def on_step_end(_pipe: Any, _step: int, _timestep: Any, kwargs: dict[str, Any]) -> Any:
+            if plan.any:
+                self.faults.at_step(plan)
+            self.progress.step()
+            metrics.STEPS.inc()
+            for job in jobs:
+                job.steps_done += 1
+            if all(job.abandoned() for job in jobs):
+                raise GenerationInterrupted
+            return kwargs
+
+        return on_step_end
+
+
+def _negative_prompts(jobs: list[Job]) -> list[str] | None:
+    if all(job.negative_prompt is None for job in jobs):
+        return None
+    return [job.negative_prompt or "" for job in jobs for _ in job.seeds]
+
+
+def _split(images: list[Any], jobs: list[Job]) -> list[Outcome]:
+    finished = time.monotonic()
+    outcomes: list[Outcome] = []
+    offset = 0
+    for job in jobs:
+        outcomes.append(images[offset : offset + job.image_count])
+        offset += job.image_count
+        job.finished_at = finished
+    return outcomes
+
+
+def _oom_error() -> SleepwellError:
+    return ServiceUnavailable(
+        "The GPU ran out of memory for this request; try again shortly or ask for fewer or "
+        "smaller images.",
+        code="out_of_memory",
+        retry_after_s=5,
+    )

@@ -1,0 +1,70 @@
+"""Test-only fault injection at the pipeline boundary.
+
+With ``SLEEPWELL_FAULT_INJECTION=true`` a prompt may carry markers that make the pipeline
+boundary misbehave the way a GPU would: ``[[oom]]`` raises CUDA OOM, ``[[oom-batch]]`` raises
+it only when batched with others, ``[[fail]]`` raises a plain error, ``[[stall]]`` stops
+making step progress (a hung kernel), ``[[slow=S]]`` sleeps S seconds per step (slow but
+alive). Off by default; markers are then ordinary prompt text.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from dataclasses import dataclass
+
+import torch
+
+_SLOW = re.compile(r"\[\[slow=(\d+(?:\.\d+)?)\]\]")
+STALL_SECONDS = 3600.0
+
+
+@dataclass(frozen=True)
+class FaultPlan:
+    oom: bool = False
+    fail: bool = False
+    stall: bool = False
+    slow_step_s: float = 0.0
+
+    @property
+    def any(self) -> bool:
+        return self.oom or self.fail or self.stall or self.slow_step_s > 0
+
+
+NO_FAULTS = FaultPlan()
+
+
+def plan_for(prompts: list[str], requests_in_batch: int, enabled: bool) -> FaultPlan:
+    if not enabled:
+        return NO_FAULTS
+    text = " ".join(prompts)
+    slow = [float(value) for value in _SLOW.findall(text)]
+    return FaultPlan(
+        oom="[[oom]]" in text or ("[[oom-batch]]" in text and requests_in_batch > 1),
+        fail="[[fail]]" in text,
+        stall="[[stall]]" in text,
+        slow_step_s=max(slow, default=0.0),
+    )
+
+
+class FaultInjector:
+    """Applies a plan: before the call (OOM, failure) and at each step (stall, slowness)."""
+
+    def __init__(self) -> None:
+        self._release = threading.Event()
+
+    def before_call(self, plan: FaultPlan) -> None:
+        if plan.oom:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected by [[oom]])")
+        if plan.fail:
+            raise RuntimeError("pipeline failure (injected by [[fail]])")
+
+    def at_step(self, plan: FaultPlan) -> None:
+        if plan.stall:
+            self._release.wait(STALL_SECONDS)
+        elif plan.slow_step_s > 0:
+            self._release.wait(plan.slow_step_s)
+
+    def release(self) -> None:
+        """Unblock stalled steps so a worker that is shutting down can exit."""
+        self._release.set()

@@ -1,0 +1,79 @@
+"""What gunicorn.conf.py needs: worker count, GPU slot assignment, metrics directory.
+
+The master never imports torch or touches CUDA: the GPU count comes from NVML or from
+CUDA_VISIBLE_DEVICES, so forking stays safe (no preload_app).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+from app.settings import Settings
+
+logger = logging.getLogger("sleepwell.gunicorn")
+
+
+def visible_gpu_ids(settings: Settings) -> list[str]:
+    """GPU ids workers may be pinned to, in slot order."""
+    if settings.gpu_ids:
+        return [part.strip() for part in settings.gpu_ids.split(",") if part.strip()]
+    if settings.cuda_visible_devices is not None:
+        return [part.strip() for part in settings.cuda_visible_devices.split(",") if part.strip()]
+    return [str(index) for index in range(_nvml_device_count())]
+
+
+def _nvml_device_count() -> int:
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            return int(pynvml.nvmlDeviceGetCount())
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:  # no driver, no GPU: a CPU deployment
+        return 0
+
+
+def worker_count(settings: Settings, gpu_ids: list[str]) -> int:
+    if settings.workers is not None:
+        return settings.workers
+    return max(1, len(gpu_ids))
+
+
+def free_slot(used: Iterable[int | None], slots: int) -> int:
+    """The lowest slot no live worker holds: a respawned worker inherits its predecessor's."""
+    taken = {slot for slot in used if slot is not None}
+    for slot in range(slots):
+        if slot not in taken:
+            return slot
+    # More workers than slots (e.g. SLEEPWELL_WORKERS > GPUs): share round-robin.
+    return len(taken) % max(1, slots)
+
+
+def worker_environment(slot: int, gpu_ids: list[str]) -> dict[str, str]:
+    """Environment a worker in ``slot`` needs: its one GPU, and its slot number."""
+    env = {"SLEEPWELL_WORKER_SLOT": str(slot)}
+    if gpu_ids:
+        env["CUDA_VISIBLE_DEVICES"] = gpu_ids[slot % len(gpu_ids)]
+    return env
+
+
+def prepare_metrics_dir(settings: Settings) -> Path:
+    """A clean multiprocess directory: stale files from a previous run would be summed."""
+    directory = settings.prometheus_multiproc_dir
+    if directory is None:
+        directory = Path(tempfile.mkdtemp(prefix="sleepwell-metrics-"))
+    directory.mkdir(parents=True, exist_ok=True)
+    for entry in directory.iterdir():
+        if entry.is_dir():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)  # inherited by every worker
+    return directory

@@ -1,0 +1,79 @@
+"""The application factory. Nothing heavy happens at import; the lifespan owns resources."""
+
+from __future__ import annotations
+
+import logging
+import signal
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from prometheus_fastapi_instrumentator import Instrumentator
+
+from app import __version__
+from app.errors import install_error_handlers
+from app.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
+from app.routers import health, images, metrics, models
+from app.service import Service
+from app.settings import Settings
+
+logger = logging.getLogger("sleepwell")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        service = Service(settings)
+        app.state.service = service
+        await service.start()
+        restore = _drain_on_sigterm(service)
+        try:
+            yield
+        finally:
+            restore()
+            await service.stop()
+
+    app = FastAPI(title="Sleepwell", version=__version__, lifespan=lifespan)
+    app.state.settings = settings
+    install_error_handlers(app)
+    for router in (images.router, models.router, health.router, metrics.router):
+        app.include_router(router)
+    Instrumentator(
+        excluded_handlers=["/metrics", "/health.*"],
+        should_group_status_codes=False,
+    ).instrument(app)
+    # Added last = outermost: ids exist before anything else runs, even for a 413.
+    app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestIdMiddleware)
+    return app
+
+
+def _drain_on_sigterm(service: Service) -> Callable[[], None]:
+    """Turn unready the moment SIGTERM arrives, before uvicorn starts its own shutdown."""
+    try:
+        previous = signal.getsignal(signal.SIGTERM)
+    except ValueError:
+        return lambda: None
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        service.begin_drain()
+        if callable(previous):
+            previous(signum, frame)
+
+    try:
+        signal.signal(signal.SIGTERM, on_sigterm)
+    except ValueError:  # not the main thread (e.g. an in-process test client)
+        return lambda: None
+
+    def restore() -> None:
+        try:
+            if signal.getsignal(signal.SIGTERM) is on_sigterm:
+                signal.signal(signal.SIGTERM, previous)
+        except ValueError:
+            pass
+
+    return restore
+

@@ -1,0 +1,123 @@
+"""Every Prometheus metric, defined once, correct under gunicorn's multiprocess mode.
+
+In multiprocess mode (``PROMETHEUS_MULTIPROC_DIR`` set before import, by gunicorn.conf.py)
+each worker writes its own mmap files and a scrape sums them, so a scrape that lands on any
+worker sees the whole service. Gauges say how to combine workers via ``multiprocess_mode``;
+``Info``, ``Enum`` and ``set_function`` are avoided because that mode cannot aggregate them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client import multiprocess as _multiprocess
+
+LATENCY_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 45, 60, 90, 120)
+QUEUE_WAIT_BUCKETS_S = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 32)
+
+REQUEST_STATUSES = ("success", "failed", "rejected", "timeout", "cancelled")
+
+GENERATIONS = Counter(
+    "image_generation",
+    "Image-generation requests by final status.",
+    ["status"],
+)
+LATENCY = Histogram(
+    "image_generation_latency_seconds",
+    "Seconds from arrival to answer for successful image-generation requests.",
+    buckets=LATENCY_BUCKETS_S,
+)
+QUEUE_WAIT = Histogram(
+    "image_generation_queue_wait_seconds",
+    "Seconds a request waited in the queue before its pipeline call began.",
+    buckets=QUEUE_WAIT_BUCKETS_S,
+)
+BATCH_SIZE = Histogram(
+    "image_generation_batch_size",
+    "Requests merged into one pipeline call.",
+    buckets=BATCH_BUCKETS,
+)
+QUEUE_DEPTH = Gauge(
+    "image_generation_queue_depth",
+    "Requests waiting in the queue, summed over live workers.",
+    multiprocess_mode="livesum",
+)
+INFLIGHT = Gauge(
+    "image_generation_inflight",
+    "Requests inside a running pipeline call, summed over live workers.",
+    multiprocess_mode="livesum",
+)
+IMAGES = Counter("images_generated", "Images returned to clients.")
+STEPS = Counter("inference_steps", "Denoising steps completed, including cancelled runs.")
+CUDA_OOM = Counter("cuda_oom", "CUDA out-of-memory errors caught at the pipeline boundary.")
+MODEL_READY = Gauge(
+    "model_ready",
+    "1 when this worker's model is loaded, warmed up and serving; one series per worker.",
+    multiprocess_mode="liveall",
+)
+MODEL_LOAD_SECONDS = Gauge(
+    "model_load_seconds",
+    "Seconds the last successful model load and warm-up took, per worker.",
+    multiprocess_mode="liveall",
+)
+BUILD_INFO = Gauge(
+    "sleepwell_build_info",
+    "Always 1; labels carry the version and served model.",
+    ["version", "model"],
+    multiprocess_mode="livemax",
+)
+GPU_MEMORY_ALLOCATED = Gauge(
+    "gpu_memory_allocated_bytes",
+    "Bytes held by tensors on the GPU (torch allocator). GPU deployments only.",
+    ["gpu"],
+    multiprocess_mode="livemax",
+)
+GPU_MEMORY_RESERVED = Gauge(
+    "gpu_memory_reserved_bytes",
+    "Bytes reserved by the torch caching allocator. GPU deployments only.",
+    ["gpu"],
+    multiprocess_mode="livemax",
+)
+GPU_MEMORY_TOTAL = Gauge(
+    "gpu_memory_total_bytes",
+    "Total memory of the GPU. GPU deployments only.",
+    ["gpu"],
+    multiprocess_mode="livemax",
+)
+GPU_UTILIZATION = Gauge(
+    "gpu_utilization_ratio",
+    "GPU busy fraction over the last sample period, from NVML (0-1).",
+    ["gpu"],
+    multiprocess_mode="livemax",
+)
+GPU_TEMPERATURE = Gauge(
+    "gpu_temperature_celsius",
+    "GPU core temperature from NVML.",
+    ["gpu"],
+    multiprocess_mode="livemax",
+)
+
+
+def render_latest(multiprocess_dir: Path | None) -> tuple[bytes, str]:
+    """The exposition for a scrape: every worker's samples in multiprocess mode."""
+    if multiprocess_dir is None:
+        return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+    registry = CollectorRegistry()
+    _multiprocess.MultiProcessCollector(registry, path=str(multiprocess_dir))
+    return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+def initialise_request_series() -> None:
+    """Publish zeroes for every status so rate() and alert rules see the series at once."""
+    for status in REQUEST_STATUSES:
+        GENERATIONS.labels(status=status)

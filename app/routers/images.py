@@ -1,0 +1,97 @@
+"""POST /v1/images/generations: OpenAI's image API on the local pipeline."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from app.admission import build_job
+from app.deps import RequestIdDep, ServiceDep
+from app.encoding import encode_images
+from app.errors import Cancelled, DeadlineExceeded, ServiceUnavailable
+from app.health import WorkerState
+from app.jobs import Job
+from app.runner import Runner
+from app.schemas import ImageData, ImageGenerationRequest, ImageGenerationResponse
+from app.service import Service
+
+router = APIRouter(tags=["images"])
+
+
+@router.post("/v1/images/generations", response_model=ImageGenerationResponse)
+async def generate_images(
+    body: ImageGenerationRequest, request: Request, service: ServiceDep, request_id: RequestIdDep
+) -> JSONResponse:
+    model = _serving_model(service)
+    job = build_job(body, service.settings, model, request_id)
+    service.runner.submit(job)
+    images = await wait_for_images(service.runner, job, request)
+    encode_started = time.monotonic()
+    encoded = await asyncio.to_thread(encode_images, images, job.params.output_format)
+    encode_seconds = time.monotonic() - encode_started
+    response = ImageGenerationResponse(
+        created=int(time.time()),
+        data=[
+            ImageData(b64_json=b64, seed=seed)
+            for b64, seed in zip(encoded, job.seeds, strict=True)
+        ],
+    )
+    timing = (
+        f"queue;dur={job.queue_seconds() * 1000:.1f}, "
+        f"inference;dur={job.inference_seconds() * 1000:.1f}, "
+        f"encode;dur={encode_seconds * 1000:.1f}"
+    )
+    return JSONResponse(response.model_dump(exclude_none=True), headers={"Server-Timing": timing})
+
+
+def _serving_model(service: Service) -> Any:
+    state = service.health.state()
+    model = service.engine.model
+    if model is not None and state not in (WorkerState.DRAINING, WorkerState.STALLED):
+        return model
+    reasons = "; ".join(service.health.unready_reasons()) or state.value
+    code = {WorkerState.STARTING: "model_loading", WorkerState.FAILED: "model_load_failed"}
+    raise ServiceUnavailable(
+        f"The model is not ready to serve: {reasons}.",
+        code=code.get(state, state.value),
+        retry_after_s=5 if state is not WorkerState.FAILED else 30,
+    )
+
+
+async def wait_for_images(runner: Runner, job: Job, request: Request) -> list[Any]:
+    """Wait for the job, its deadline, or the client hanging up, whichever comes first."""
+    disconnected = asyncio.create_task(_client_disconnected(request))
+    try:
+        remaining = max(0.0, job.deadline - time.monotonic())
+        waiters: set[asyncio.Future[Any]] = {job.future, disconnected}
+        await asyncio.wait(waiters, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        disconnected.cancel()
+    if job.future.done():
+        result: list[Any] = job.future.result()
+        return result
+    if disconnected.done() and not disconnected.cancelled():
+        error: Cancelled | DeadlineExceeded = Cancelled("The client disconnected.")
+    else:
+        error = DeadlineExceeded(
+            f"The request did not finish within {runner_timeout(job):.0f}s "
+            "(SLEEPWELL_REQUEST_TIMEOUT_S)."
+        )
+    runner.cancel(job, error)
+    raise error
+
+
+def runner_timeout(job: Job) -> float:
+    return job.deadline - job.arrived_at
+
+
+async def _client_disconnected(request: Request) -> None:
+    # After the body is read, the next ASGI message for this request is the disconnect.
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return

@@ -1,0 +1,23 @@
+"""GET /v1/models in OpenAI's list shape."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from app.admission import check_model
+from app.deps import ServiceDep
+from app.schemas import ModelCard, ModelList
+
+router = APIRouter(tags=["models"])
+
+
+@router.get("/v1/models")
+async def list_models(service: ServiceDep) -> ModelList:
+    created = int(service.health.facts.started_at_wall)
+    return ModelList(data=[ModelCard(id=service.settings.served_model_name, created=created)])
+
+
+@router.get("/v1/models/{model_id:path}")
+async def get_model(model_id: str, service: ServiceDep) -> ModelCard:
+    check_model(model_id, service.settings)
+    return ModelCard(id=model_id, created=int(service.health.facts.started_at_wall))

@@ -1,0 +1,208 @@
+"""The bounded queue and the one task that owns it: admission, batching, dispatch, settling.
+
+Everything here runs on the event loop; only ``Engine.run`` runs on the inference thread.
+A job's future is settled in exactly one place (``settle``), which is also where its final
+status is counted, so every request gets one answer and one metric.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections import deque
+from typing import Any
+
+from app import metrics
+from app.engine import Engine, InferenceThread, Outcome
+from app.errors import (
+    Cancelled,
+    DeadlineExceeded,
+    InferenceFailed,
+    QueueFull,
+    ServiceUnavailable,
+    SleepwellError,
+)
+from app.jobs import Job
+
+logger = logging.getLogger("sleepwell.runner")
+
+_DEFAULT_RUN_SECONDS = 2.0
+_EWMA_WEIGHT = 0.3
+
+
+def status_of(outcome: Outcome) -> str:
+    if not isinstance(outcome, SleepwellError):
+        return "success"
+    if isinstance(outcome, DeadlineExceeded):
+        return "timeout"
+    if isinstance(outcome, Cancelled):
+        return "cancelled"
+    if isinstance(outcome, (InferenceFailed,)) or outcome.code == "out_of_memory":
+        return "failed"
+    if isinstance(outcome, (QueueFull, ServiceUnavailable)):
+        return "rejected"
+    return "failed"
+
+
+class Runner:
+    def __init__(
+        self, engine: Engine, thread: InferenceThread, *, max_queue: int, max_batch: int,
+        batch_wait_s: float,
+    ) -> None:
+        self.engine = engine
+        self.thread = thread
+        self.max_queue = max_queue
+        self.max_batch = max_batch
+        self.batch_wait_s = batch_wait_s
+        self.queue: deque[Job] = deque()
+        self.inflight: list[Job] = []
+        self.accepting = True
+        self.failure_streak = 0
+        self._run_seconds = _DEFAULT_RUN_SECONDS
+        self._wakeup = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._task: asyncio.Task[None] | None = None
+
+    # --- admission --------------------------------------------------------------------
+    def submit(self, job: Job) -> None:
+        if not self.accepting:
+            self._reject(ServiceUnavailable(
+                "This worker is shutting down; retry and another will answer.",
+                code="draining", retry_after_s=1,
+            ))
+        if len(self.queue) >= self.max_queue:
+            self._reject(QueueFull(
+                f"The queue is full ({self.max_queue} requests waiting); retry later.",
+                retry_after_s=self.estimated_wait_s(),
+            ))
+        self.queue.append(job)
+        self._idle.clear()
+        metrics.QUEUE_DEPTH.inc()
+        self._wakeup.set()
+
+    def _reject(self, error: SleepwellError) -> None:
+        metrics.GENERATIONS.labels(status=status_of(error)).inc()
+        raise error
+
+    def estimated_wait_s(self) -> float:
+        """Seconds until a new request would start, from the real recent run times."""
+        batches_ahead = math.ceil((len(self.queue) + 1) / self.max_batch)
+        running = 1 if self.inflight else 0
+        return max(1.0, (batches_ahead + running) * self._run_seconds)
+
+    def cancel(self, job: Job, reason: SleepwellError) -> None:
+        """Answer ``job`` with ``reason`` now; a queued job leaves the queue at once."""
+        if job in self.queue:
+            self.queue.remove(job)
+            metrics.QUEUE_DEPTH.dec()
+            self._note_if_idle()
+        self.settle(job, reason)
+
+    def settle(self, job: Job, outcome: Outcome) -> None:
+        if job.future.done():
+            return
+        status = status_of(outcome)
+        metrics.GENERATIONS.labels(status=status).inc()
+        if isinstance(outcome, SleepwellError):
+            job.future.set_exception(outcome)
+        else:
+            metrics.IMAGES.inc(len(outcome))
+            metrics.LATENCY.observe(time.monotonic() - job.arrived_at)
+            job.future.set_result(outcome)
+        if status == "success":
+            self.failure_streak = 0
+        elif status == "failed":
+            self.failure_streak += 1
+
+    # --- the scheduler task -----------------------------------------------------------
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._schedule_forever(), name="sleepwell-scheduler")
+
+    async def _schedule_forever(self) -> None:
+        while True:
+            batch = await self._next_batch()
+            if batch:
+                await self._execute(batch)
+            self._note_if_idle()
+
+    async def _next_batch(self) -> list[Job]:
+        while not self._drop_abandoned():
+            self._wakeup.clear()
+            await self._wakeup.wait()
+        key = self.queue[0].params.batch_key
+        if self.max_batch > 1 and self.batch_wait_s > 0 and self._compatible(key) < self.max_batch:
+            # A short wait lets concurrent arrivals share this call instead of queueing behind it.
+            await asyncio.sleep(self.batch_wait_s)
+            self._drop_abandoned()
+        return self._take(key) if self.queue else []
+
+    def _compatible(self, key: tuple[Any, ...]) -> int:
+        return sum(1 for job in self.queue if job.params.batch_key == key)
+
+    def _take(self, key: tuple[Any, ...]) -> list[Job]:
+        batch = [job for job in self.queue if job.params.batch_key == key][: self.max_batch]
+        for job in batch:
+            self.queue.remove(job)
+        metrics.QUEUE_DEPTH.dec(len(batch))
+        return batch
+
+    def _drop_abandoned(self) -> bool:
+        """Answer queued jobs whose deadline passed; True if any job is left."""
+        now = time.monotonic()
+        for job in [job for job in self.queue if job.future.done() or now >= job.deadline]:
+            self.cancel(job, DeadlineExceeded(_deadline_message(job)))
+        return bool(self.queue)
+
+    async def _execute(self, batch: list[Job]) -> None:
+        dispatched = time.monotonic()
+        for job in batch:
+            job.started_at = dispatched
+            metrics.QUEUE_WAIT.observe(dispatched - job.arrived_at)
+        metrics.BATCH_SIZE.observe(len(batch))
+        metrics.INFLIGHT.inc(len(batch))
+        self.inflight = batch
+        try:
+            outcomes = await self.thread.run(lambda: self.engine.run(batch))
+        except Exception:
+            logger.exception("inference thread raised outside the engine's guard")
+            outcomes = [InferenceFailed("The generation failed on the server.")] * len(batch)
+        finally:
+            self.inflight = []
+            metrics.INFLIGHT.dec(len(batch))
+        elapsed = time.monotonic() - dispatched
+        self._run_seconds += _EWMA_WEIGHT * (elapsed - self._run_seconds)
+        for job, outcome in zip(batch, outcomes, strict=True):
+            self.settle(job, outcome)
+
+    # --- lifecycle --------------------------------------------------------------------
+    def _note_if_idle(self) -> None:
+        if not self.queue and not self.inflight:
+            self._idle.set()
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Stop admitting; let queued and running work finish. True if it all did."""
+        self.accepting = False
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+        except TimeoutError:
+            return False
+        return True
+
+    async def stop(self, reason: SleepwellError) -> None:
+        """Answer everything still waiting with ``reason`` and stop the scheduler."""
+        self.accepting = False
+        for job in [*self.queue, *self.inflight]:
+            self.cancel(job, reason)
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
+def _deadline_message(job: Job) -> str:
+    waited = time.monotonic() - job.arrived_at
+    return f"The request did not finish within its deadline ({waited:.1f}s spent, most queued)."

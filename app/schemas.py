@@ -1,0 +1,85 @@
+"""Wire formats: OpenAI's image-generation request and response, plus our extensions."""
+
+from __future__ import annotations
+
+import math
+import re
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator
+
+_SIZE_PATTERN = re.compile(r"^(\d{1,6})x(\d{1,6})$")
+MAX_SEED = 2**32 - 1
+
+
+class OutputFormat(StrEnum):
+    PNG = "png"
+    JPEG = "jpeg"
+    WEBP = "webp"
+
+
+class ImageGenerationRequest(BaseModel):
+    """Validated on arrival. Limits that depend on settings are checked in ``limits``."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    prompt: Annotated[str, Field(min_length=1)]
+    model: str | None = None
+    n: StrictInt = 1
+    size: str | None = Field(None, description='"WxH"; default: the model\'s native size')
+    response_format: Literal["b64_json"] = "b64_json"
+    output_format: OutputFormat = OutputFormat.PNG
+    negative_prompt: str | None = None
+    num_inference_steps: StrictInt | None = None
+    guidance_scale: float | None = None
+    seed: StrictInt | None = Field(None, ge=0, le=MAX_SEED)
+    user: str | None = None
+
+    @field_validator("size")
+    @classmethod
+    def _size_shape(cls, value: str | None) -> str | None:
+        if value is None or value == "auto":
+            return None
+        if parse_size(value) is None:
+            raise ValueError('size must look like "512x512" (width x height in pixels)')
+        return value
+
+    @field_validator("guidance_scale")
+    @classmethod
+    def _finite_guidance(cls, value: float | None) -> float | None:
+        if value is not None and not math.isfinite(value):
+            raise ValueError("guidance_scale must be a finite number")
+        if value is not None and not 0.0 <= value <= 50.0:
+            raise ValueError("guidance_scale must be between 0 and 50")
+        return value
+
+
+def parse_size(value: str) -> tuple[int, int] | None:
+    match = _SIZE_PATTERN.match(value)
+    if match is None:
+        return None
+    return int(match.group(1)), int(match.group(2))
+
+
+class ImageData(BaseModel):
+    b64_json: str
+    seed: int
+    revised_prompt: str | None = None
+
+
+class ImageGenerationResponse(BaseModel):
+    created: int
+    data: list[ImageData]
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "sleepwell"
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]

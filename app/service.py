@@ -1,0 +1,158 @@
+"""One worker's service: the engine, its thread, the runner, health, and background tasks.
+
+``create_app``'s lifespan owns exactly one of these; start() and stop() bracket every
+resource it holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import threading
+from typing import Any
+
+import torch
+
+from app import __version__, gpu, metrics
+from app.engine import Engine, InferenceThread
+from app.errors import ServiceUnavailable, SleepwellError
+from app.health import SERVING_STATES, Health, WorkerState
+from app.settings import DeviceChoice, Settings
+
+logger = logging.getLogger("sleepwell.service")
+_WATCHDOG_PERIOD_S = 0.5
+
+
+def default_batch_size(settings: Settings) -> int:
+    if settings.max_batch_size is not None:
+        return settings.max_batch_size
+    # Measured (bench/throughput.py): batching buys nothing on a CPU, whose cores are already
+    # saturated by one call; on a GPU merging requests fills idle SMs.
+    on_gpu = settings.device is not DeviceChoice.CPU and torch.cuda.is_available()
+    return 4 if on_gpu else 1
+
+
+class Service:
+    def __init__(self, settings: Settings) -> None:
+        from app.runner import Runner
+
+        self.settings = settings
+        self.engine = Engine(settings)
+        self.thread = InferenceThread()
+        self.runner = Runner(
+            self.engine,
+            self.thread,
+            max_queue=settings.max_queue,
+            max_batch=default_batch_size(settings),
+            batch_wait_s=settings.batch_wait_ms / 1000,
+        )
+        self.health = Health(settings, self.engine, self.runner)
+        self.health.facts.gpu_required = settings.device is DeviceChoice.CUDA
+        self._tasks: list[asyncio.Task[Any]] = []
+
+    # --- lifecycle --------------------------------------------------------------------
+    async def start(self) -> None:
+        metrics.initialise_request_series()
+        metrics.MODEL_READY.set(0)
+        self.runner.start()
+        for coroutine in (self._load(), self._watch()):
+            self._tasks.append(asyncio.create_task(coroutine))
+
+    async def stop(self) -> None:
+        self.begin_drain()
+        drained = await self.runner.drain(self.settings.graceful_timeout_s)
+        if not drained:
+            logger.warning("grace period over with work left; answering it with 503")
+        shutting_down = ServiceUnavailable(
+            "The server is shutting down.", code="shutting_down", retry_after_s=1
+        )
+        await self.runner.stop(shutting_down)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self.engine.faults.release()
+        if not self.thread.stop(timeout=5.0):
+            logger.error("inference thread did not stop; exiting without it")
+        metrics.MODEL_READY.set(0)
+
+    def begin_drain(self) -> None:
+        """Readiness turns 503 at once and no new work is admitted."""
+        if not self.health.facts.draining:
+            logger.info("draining: refusing new work, finishing %d queued and %d running",
+                        len(self.runner.queue), len(self.runner.inflight))
+        self.health.facts.draining = True
+        self.runner.accepting = False
+        metrics.MODEL_READY.set(0)
+
+    # --- background tasks -------------------------------------------------------------
+    async def _load(self) -> None:
+        facts = self.health.facts
+        try:
+            model = await self.thread.run(self.engine.load)
+        except SleepwellError as exc:
+            facts.load_error = exc.message
+            logger.error("model load failed: %s", exc.message)
+        except Exception as exc:
+            facts.load_error = f"{type(exc).__name__}: {exc}"
+            logger.exception("model load failed")
+        else:
+            metrics.MODEL_LOAD_SECONDS.set(model.load_seconds)
+            metrics.BUILD_INFO.labels(version=__version__, model=model.name).set(1)
+            logger.info("model %s ready on %s in %.2fs", model.name, model.device,
+                        model.load_seconds)
+            if model.device.type == "cuda":
+                self.health.facts.gpu_required = True
+                self._tasks.append(asyncio.create_task(self._monitor_gpu(model.device)))
+        finally:
+            facts.loading = False
+
+    async def _monitor_gpu(self, device: torch.device) -> None:
+        index = gpu.physical_index(self.settings.cuda_visible_devices)
+        label = str(index if index is not None else self.settings.cuda_visible_devices)
+        while True:
+            try:
+                snapshot = await asyncio.wait_for(
+                    asyncio.to_thread(gpu.probe, device, index),
+                    self.settings.health_check_timeout_s * 4,
+                )
+            except TimeoutError:
+                snapshot = gpu.GpuSnapshot(ok=False, error="GPU probe timed out")
+            self.health.facts.gpu = snapshot
+            gpu.publish(snapshot, label)
+            await asyncio.sleep(self.settings.gpu_probe_interval_s)
+
+    async def _watch(self) -> None:
+        """Keep model_ready true to health, and replace this worker if it is stalled."""
+        while True:
+            state = self.health.state()
+            metrics.MODEL_READY.set(1 if state in SERVING_STATES else 0)
+            if state is WorkerState.STALLED and self.settings.exit_on_stall:
+                await self._replace_stalled_worker()
+                return
+            await asyncio.sleep(_WATCHDOG_PERIOD_S)
+
+    async def _replace_stalled_worker(self) -> None:
+        reason = self.health.unready_reasons()
+        logger.critical("worker stalled (%s); answering its requests and exiting", reason)
+        self.health.facts.last_error = "; ".join(reason)
+        await self.runner.stop(ServiceUnavailable(
+            "The worker running this request stopped making progress and is being replaced.",
+            code="worker_stalled", retry_after_s=5,
+        ))
+        # Keep reporting the stall on /health/live for a moment, then let gunicorn respawn us.
+        await asyncio.sleep(self.settings.stall_exit_delay_s)
+        self.engine.faults.release()
+        _exit_soon(self.settings.graceful_timeout_s + 5)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _exit_soon(after_s: float) -> None:
+    """Backstop: a wedged thread must never keep a replaced worker alive."""
+    timer = threading.Timer(after_s, os._exit, args=(70,))
+    timer.daemon = True
+    timer.start()

@@ -1,0 +1,116 @@
+"""The one place that reads configuration: environment variables prefixed ``SLEEPWELL_``."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class DeviceChoice(StrEnum):
+    AUTO = "auto"
+    CPU = "cpu"
+    CUDA = "cuda"
+
+
+class DtypeChoice(StrEnum):
+    AUTO = "auto"
+    FLOAT32 = "float32"
+    FLOAT16 = "float16"
+    BFLOAT16 = "bfloat16"
+
+
+class Settings(BaseSettings):
+    """Every knob of the service. Field ``x`` is read from ``SLEEPWELL_X``."""
+
+    model_config = SettingsConfigDict(env_prefix="SLEEPWELL_", extra="ignore")
+
+    # --- serving -----------------------------------------------------------------------
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    workers: int | None = Field(None, ge=1, description="default: visible GPUs, or 1")
+    gpu_ids: str | None = Field(
+        None, description="comma-separated GPU ids, one per worker; default: all visible"
+    )
+    graceful_timeout_s: float = Field(30.0, gt=0)
+    worker_timeout_s: float = Field(120.0, gt=0, description="gunicorn heartbeat timeout")
+    max_requests: int = Field(0, ge=0, description="recycle a worker after N requests; 0 = off")
+    max_requests_jitter: int = Field(0, ge=0)
+    # prometheus_client reads this exact name itself, so it has no SLEEPWELL_ prefix.
+    prometheus_multiproc_dir: Path | None = Field(
+        None,
+        validation_alias=AliasChoices("PROMETHEUS_MULTIPROC_DIR", "SLEEPWELL_METRICS_DIR"),
+        description="multiprocess metrics directory; gunicorn.conf.py makes one if unset",
+    )
+    log_level: str = "info"
+    # Set per worker by gunicorn.conf.py: which GPU slot this worker owns.
+    worker_slot: int | None = None
+    cuda_visible_devices: str | None = Field(
+        None, validation_alias=AliasChoices("CUDA_VISIBLE_DEVICES")
+    )
+
+    # --- model -------------------------------------------------------------------------
+    model: str | None = Field(None, description="local path or hub id; unset = demo model")
+    model_name: str | None = Field(None, description="id shown in the API; default: derived")
+    demo_model_dir: Path = PROJECT_ROOT / ".cache" / "demo-model"
+    device: DeviceChoice = DeviceChoice.AUTO
+    dtype: DtypeChoice = DtypeChoice.AUTO
+    warmup: bool = True
+
+    # --- request limits ----------------------------------------------------------------
+    max_queue: int = Field(16, ge=1, description="requests waiting per worker; beyond: 429")
+    max_images: int = Field(4, ge=1, description="largest n")
+    max_pixels: int = Field(1024 * 1024, ge=64, description="largest width*height")
+    max_steps: int = Field(100, ge=1)
+    default_steps: int = Field(25, ge=1)
+    default_guidance_scale: float = 7.5
+    max_prompt_chars: int = Field(2000, ge=1)
+    max_body_bytes: int = Field(1024 * 1024, ge=1024)
+    request_timeout_s: float = Field(120.0, gt=0)
+
+    # --- batching ----------------------------------------------------------------------
+    max_batch_size: int | None = Field(
+        None, ge=1, description="requests merged per call; default 4 on CUDA, 1 on CPU"
+    )
+    batch_wait_ms: float = Field(5.0, ge=0)
+
+    # --- health ------------------------------------------------------------------------
+    stall_timeout_s: float = Field(60.0, gt=0)
+    failure_streak_limit: int = Field(5, ge=1, description="consecutive failures -> unready")
+    gpu_probe_interval_s: float = Field(15.0, gt=0)
+    health_check_timeout_s: float = Field(0.5, gt=0)
+    exit_on_stall: bool = True
+    stall_exit_delay_s: float = Field(
+        3.0, ge=0, description="keep reporting a stall this long before exiting"
+    )
+    exit_on_failure_streak: bool = False
+
+    # --- testing -----------------------------------------------------------------------
+    fault_injection: bool = Field(
+        False, description="honour [[fault]] markers in prompts; for tests, never production"
+    )
+
+    # --- secrets (hardening) ----------------------------------------------------------
+    api_keys: SecretStr | None = None
+
+    @field_validator("log_level")
+    @classmethod
+    def _lower_log_level(cls, value: str) -> str:
+        return value.lower()
+
+    @property
+    def served_model_name(self) -> str:
+        if self.model_name:
+            return self.model_name
+        if self.model is None:
+            return "sleepwell-demo-tiny-sd"
+        return self.model.rstrip("/").split("/")[-1] if Path(self.model).exists() else self.model
+
+    @property
+    def bind(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"

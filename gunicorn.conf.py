@@ -1,0 +1,64 @@
+"""Gunicorn settings for Sleepwell: one Uvicorn worker per GPU, each pinned to its own GPU.
+
+Everything is derived from SLEEPWELL_* variables through app.settings.Settings.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from app.gunicorn_support import (
+    free_slot,
+    prepare_metrics_dir,
+    visible_gpu_ids,
+    worker_count,
+    worker_environment,
+)
+from app.settings import Settings
+
+_settings = Settings()
+_gpu_ids = visible_gpu_ids(_settings)
+
+wsgi_app = "app.main:create_app()"
+worker_class = "uvicorn_worker.UvicornWorker"
+bind = [_settings.bind]
+workers = worker_count(_settings, _gpu_ids)
+# CUDA must not be initialised before fork: each worker loads its own model copy.
+preload_app = False
+# The model loads in the background after startup, so the heartbeat timeout only has to
+# cover a blocked event loop, never a slow load.
+timeout = int(_settings.worker_timeout_s)
+graceful_timeout = int(_settings.graceful_timeout_s)
+keepalive = 5
+max_requests = _settings.max_requests
+max_requests_jitter = _settings.max_requests_jitter
+control_socket_disable = True
+loglevel = _settings.log_level
+accesslog = "-"
+errorlog = "-"
+proc_name = "sleepwell"
+
+
+def on_starting(server: Any) -> None:
+    directory = prepare_metrics_dir(_settings)
+    server.log.info("metrics directory %s; GPUs %s; workers %d", directory, _gpu_ids or "none",
+                    workers)
+
+
+def pre_fork(server: Any, worker: Any) -> None:
+    used = [getattr(other, "sleepwell_slot", None) for other in server.WORKERS.values()]
+    worker.sleepwell_slot = free_slot(used, max(workers, len(_gpu_ids)))
+
+
+def post_fork(server: Any, worker: Any) -> None:
+    os.environ.update(worker_environment(worker.sleepwell_slot, _gpu_ids))
+    server.log.info("worker %s has slot %s (GPU %s)", worker.pid, worker.sleepwell_slot,
+                    os.environ.get("CUDA_VISIBLE_DEVICES", "none"))
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    from prometheus_client import multiprocess
+
+    # Drops the dead worker's live gauges; its counters stay, so totals never go backwards.
+    multiprocess.mark_process_dead(worker.pid)
