@@ -97,6 +97,10 @@ class Settings(BaseSettings):
     # --- secrets (hardening) ----------------------------------------------------------
     api_keys: SecretStr | None = None
 
+    # --- feishu relay (monitoring) -----------------------------------------------------
+    # (relay fields go here)
+    # --- end feishu relay --------------------------------------------------------------
+
     @field_validator("log_level")
     @classmethod
     def _lower_log_level(cls, value: str) -> str:
