@@ -6,6 +6,7 @@ so health answers in microseconds however busy the GPU is, and never raises.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -125,5 +126,6 @@ class Health:
             "inflight": len(self.runner.inflight),
             "failure_streak": self.runner.failure_streak,
             "last_error": self.facts.last_error or self.facts.load_error,
+            "worker": {"pid": os.getpid(), "slot": self.settings.worker_slot},
         }
         return healthy, body

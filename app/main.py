@@ -13,6 +13,7 @@ from prometheus_fastapi_instrumentator import Instrumentator
 
 from app import __version__
 from app.errors import install_error_handlers
+from app.logging_setup import configure_logging
 from app.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
 from app.routers import health, images, metrics, models
 from app.service import Service
@@ -23,6 +24,7 @@ logger = logging.getLogger("sleepwell")
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
+    configure_logging(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

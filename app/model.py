@@ -89,7 +89,7 @@ def load_model(settings: Settings) -> LoadedModel:
     source = model_source(settings)
     logger.info("loading model %s on %s as %s", source, device, dtype)
     try:
-        pipeline = AutoPipelineForText2Image.from_pretrained(source, torch_dtype=dtype)
+        pipeline = AutoPipelineForText2Image.from_pretrained(source, dtype=dtype)
     except Exception as exc:  # diffusers raises many types for a bad path or id
         kind = "directory" if Path(source).exists() else "path or hub id"
         raise ModelLoadError(f"could not load model {kind} {source!r}: {exc}") from exc

@@ -47,6 +47,7 @@ class Settings(BaseSettings):
         description="multiprocess metrics directory; gunicorn.conf.py makes one if unset",
     )
     log_level: str = "info"
+    log_file: Path | None = Field(None, description="also append JSON logs to this file")
     # Set per worker by gunicorn.conf.py: which GPU slot this worker owns.
     worker_slot: int | None = None
     cuda_visible_devices: str | None = Field(
@@ -98,7 +99,24 @@ class Settings(BaseSettings):
     api_keys: SecretStr | None = None
 
     # --- feishu relay (monitoring) -----------------------------------------------------
-    # (relay fields go here)
+    # `python -m app.relay`: Alertmanager webhooks in, Feishu interactive cards out.
+    relay_host: str = Field("127.0.0.1", description="address the Feishu relay listens on")
+    relay_port: int = Field(9095, ge=1, le=65535)
+    feishu_webhook_url: SecretStr | None = Field(None, description="custom-bot webhook URL")
+    feishu_webhook_url_file: Path | None = Field(None, description="file holding the URL")
+    feishu_secret: SecretStr | None = Field(None, description="custom-bot signing secret")
+    feishu_secret_file: Path | None = Field(None, description="file holding the secret")
+    feishu_timeout_s: float = Field(5.0, gt=0, description="per HTTP attempt")
+    feishu_max_attempts: int = Field(4, ge=1, le=10)
+    feishu_backoff_s: float = Field(0.5, ge=0, description="first retry delay; doubles")
+    feishu_backoff_max_s: float = Field(8.0, ge=0)
+    feishu_max_bytes: int = Field(
+        19 * 1024, ge=4096, le=20 * 1024, description="request body cap; Feishu's is 20 KB"
+    )
+    relay_grafana_url: str | None = Field(None, description="dashboard linked from cards")
+    relay_alertmanager_url: str | None = Field(
+        None, description="Alertmanager linked from cards; default: the webhook's externalURL"
+    )
     # --- end feishu relay --------------------------------------------------------------
 
     @field_validator("log_level")
