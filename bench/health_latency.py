@@ -52,7 +52,8 @@ async def measure(base: str, probes: int, max_queue: int, workers: int) -> list[
         latencies, statuses = await probe(base + path, probes)
         rows.append([path, len(latencies), f"{quantile(latencies, 0.5):.2f}",
                      f"{quantile(latencies, 0.99):.2f}", f"{max(latencies) * 1000:.2f}", statuses])
-    depth = httpx.get(base + "/health").json()["queue_depth"]
+    async with httpx.AsyncClient() as client:
+        depth = (await client.get(base + "/health")).json()["queue_depth"]
     flood.cancel()
     rows.append(["(queue depth during probes)", depth, "", "", "", ""])
     load = await asyncio.gather(flood, return_exceptions=True)

@@ -35,7 +35,7 @@ class LoadResult:
 
 async def run_load(
     url: str, body: dict[str, object], concurrency: int, requests: int, max_seconds: float,
-    timeout: float = 120.0,
+    request_timeout_s: float = 120.0,
 ) -> LoadResult:
     """Send ``requests`` POSTs with ``concurrency`` in flight; stop early at ``max_seconds``."""
     remaining = iter(range(requests))
@@ -43,7 +43,7 @@ async def run_load(
     stop_at = started + max_seconds
     result = LoadResult(seconds=0.0)
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(timeout=timeout, limits=limits) as client:
+    async with httpx.AsyncClient(timeout=request_timeout_s, limits=limits) as client:
 
         async def worker() -> None:
             for _ in remaining:
