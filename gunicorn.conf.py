@@ -11,6 +11,7 @@ from typing import Any
 from app.gunicorn_support import (
     free_slot,
     prepare_metrics_dir,
+    prepare_state_dir,
     visible_gpu_ids,
     worker_count,
     worker_environment,
@@ -41,9 +42,9 @@ proc_name = "sleepwell"
 
 
 def on_starting(server: Any) -> None:
-    directory = prepare_metrics_dir(_settings)
-    server.log.info("metrics directory %s; GPUs %s; workers %d", directory, _gpu_ids or "none",
-                    workers)
+    metrics_dir, state_dir = prepare_metrics_dir(_settings), prepare_state_dir(_settings)
+    server.log.info("metrics directory %s; state directory %s; GPUs %s; workers %d",
+                    metrics_dir, state_dir, _gpu_ids or "none", workers)
 
 
 def pre_fork(server: Any, worker: Any) -> None:

@@ -13,11 +13,10 @@ from app.schemas import MAX_SEED, ImageGenerationRequest, parse_size
 from app.settings import Settings
 
 
-def check_model(requested: str | None, settings: Settings) -> None:
-    if requested is not None and requested != settings.served_model_name:
+def check_model(requested: str | None, served: str) -> None:
+    if requested is not None and requested != served:
         raise ModelNotFound(
-            f"The model '{requested}' does not exist here; this server serves "
-            f"'{settings.served_model_name}'.",
+            f"The model '{requested}' does not exist here; this server serves '{served}'.",
             param="model",
         )
 
@@ -65,6 +64,31 @@ def _check_ranges(body: ImageGenerationRequest, settings: Settings) -> None:
         )
 
 
+def check_budget(
+    width: int, height: int, n: int, settings: Settings, vram_budget_bytes: int | None
+) -> None:
+    """Refuse, before it reaches the GPU, a request that cannot fit the configured budgets."""
+    pixels = width * height * n
+    if pixels > settings.max_request_pixels:
+        raise InvalidRequest(
+            f"{n} image(s) of {width}x{height} is {pixels} pixels; one request may ask for at "
+            f"most {settings.max_request_pixels} (SLEEPWELL_MAX_REQUEST_PIXELS). "
+            "Ask for fewer or smaller images.",
+            param="n" if n > 1 else "size",
+        )
+    if vram_budget_bytes is None:
+        return
+    needed = pixels * settings.vram_bytes_per_pixel
+    if needed > vram_budget_bytes:
+        raise InvalidRequest(
+            f"{n} image(s) of {width}x{height} need about {needed / 1024**3:.1f} GiB of GPU "
+            f"memory (estimate: SLEEPWELL_VRAM_BYTES_PER_PIXEL={settings.vram_bytes_per_pixel}"
+            f"); this worker can spend {vram_budget_bytes / 1024**3:.1f} GiB. "
+            "Ask for fewer or smaller images.",
+            param="n" if n > 1 else "size",
+        )
+
+
 def seeds_for(body: ImageGenerationRequest) -> list[int]:
     if body.seed is None:
         return [secrets.randbelow(MAX_SEED + 1) for _ in range(body.n)]
@@ -75,9 +99,10 @@ def build_job(
     body: ImageGenerationRequest, settings: Settings, model: LoadedModel, request_id: str
 ) -> Job:
     """Validate against limits and the model; raises InvalidRequest naming the parameter."""
-    check_model(body.model, settings)
+    check_model(body.model, model.name)
     _check_ranges(body, settings)
     width, height = _size(body, settings, model)
+    check_budget(width, height, body.n, settings, model.vram_budget_bytes)
     params = GenerationParams(
         width=width,
         height=height,

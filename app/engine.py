@@ -109,9 +109,14 @@ class Engine:
         self.faults = FaultInjector()
         self.model: LoadedModel | None = None
 
-    def load(self) -> LoadedModel:
-        self.model = load_model(self.settings)
+    def load(self, settings: Settings | None = None) -> LoadedModel:
+        self.model = load_model(settings or self.settings)
         return self.model
+
+    def install(self, model: LoadedModel) -> LoadedModel | None:
+        """Swap the serving model. Runs on the inference thread, so never mid-batch."""
+        old, self.model = self.model, model
+        return old  # freed when the caller drops it; torch's allocator reuses the memory
 
     def run(self, jobs: list[Job]) -> list[Outcome]:
         """Run a batch; on any failure of a merged batch, retry its requests one by one."""

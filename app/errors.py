@@ -57,6 +57,9 @@ class AuthenticationFailed(SleepwellError):
     error_type = "authentication_error"
     code = "invalid_api_key"
 
+    def headers(self) -> dict[str, str]:
+        return {**super().headers(), "WWW-Authenticate": "Bearer"}
+
 
 class NotFound(SleepwellError):
     status_code = 404

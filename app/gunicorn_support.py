@@ -64,16 +64,24 @@ def worker_environment(slot: int, gpu_ids: list[str]) -> dict[str, str]:
     return env
 
 
-def prepare_metrics_dir(settings: Settings) -> Path:
-    """A clean multiprocess directory: stale files from a previous run would be summed."""
-    directory = settings.prometheus_multiproc_dir
-    if directory is None:
-        directory = Path(tempfile.mkdtemp(prefix="sleepwell-metrics-"))
+def _clean_dir(configured: Path | None, prefix: str, variable: str) -> Path:
+    directory = configured or Path(tempfile.mkdtemp(prefix=prefix))
     directory.mkdir(parents=True, exist_ok=True)
     for entry in directory.iterdir():
         if entry.is_dir():
             shutil.rmtree(entry)
         else:
             entry.unlink()
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)  # inherited by every worker
+    os.environ[variable] = str(directory)  # inherited by every worker
     return directory
+
+
+def prepare_metrics_dir(settings: Settings) -> Path:
+    """A clean multiprocess directory: stale files from a previous run would be summed."""
+    return _clean_dir(settings.prometheus_multiproc_dir, "sleepwell-metrics-",
+                      "PROMETHEUS_MULTIPROC_DIR")
+
+
+def prepare_state_dir(settings: Settings) -> Path:
+    """The directory workers share for the desired model; a master start forgets old swaps."""
+    return _clean_dir(settings.state_dir, "sleepwell-state-", "SLEEPWELL_STATE_DIR")

@@ -42,6 +42,7 @@ class HealthFacts:
     gpu: GpuSnapshot | None = None  # None: CPU deployment, not applicable
     gpu_required: bool = False
     last_error: str | None = None
+    swap_error: str | None = None
 
 
 class Health:
@@ -118,7 +119,7 @@ class Health:
             "state": self.state().value,
             "reasons": reasons,
             "uptime_s": round(time.monotonic() - self.facts.started_at, 3),
-            "model": self.settings.served_model_name,
+            "model": model.name if model else self.settings.served_model_name,
             "model_source": model.source if model else None,
             "device": str(model.device) if model else None,
             "version": __version__,
@@ -126,6 +127,7 @@ class Health:
             "inflight": len(self.runner.inflight),
             "failure_streak": self.runner.failure_streak,
             "last_error": self.facts.last_error or self.facts.load_error,
+            "last_swap_error": self.facts.swap_error,
             "worker": {"pid": os.getpid(), "slot": self.settings.worker_slot},
         }
         return healthy, body

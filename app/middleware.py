@@ -1,4 +1,4 @@
-"""Pure-ASGI middleware: request ids and the body size limit.
+"""Pure-ASGI middleware: request ids and the body size limit (auth: app/guard.py).
 
 Pure ASGI rather than BaseHTTPMiddleware, so ``receive`` keeps delivering the client's
 ``http.disconnect``, which is how a generation learns that nobody is waiting any more.
@@ -13,7 +13,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import PayloadTooLarge, json_error_bytes
+from app.errors import PayloadTooLarge, SleepwellError, json_error_bytes
 
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
@@ -85,12 +85,17 @@ class BodySizeLimitMiddleware:
         await self.app(scope, counting_receive, send)
 
     async def _refuse(self, send: Send) -> None:
-        body = json_error_bytes(self._error())
-        await send({
-            "type": "http.response.start",
-            "status": 413,
-            "headers": [(b"content-type", b"application/json"),
-                        (b"content-length", str(len(body)).encode()),
-                        (b"connection", b"close")],
-        })
-        await send({"type": "http.response.body", "body": body})
+        await send_error(send, self._error(), [(b"connection", b"close")])
+
+
+async def send_error(
+    send: Send, error: SleepwellError, extra_headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    """Answer in the OpenAI error shape from pure-ASGI middleware, before FastAPI runs."""
+    body = json_error_bytes(error)
+    headers = [(b"content-type", b"application/json"),
+               (b"content-length", str(len(body)).encode())]
+    headers += [(name.lower().encode(), value.encode()) for name, value in error.headers().items()]
+    headers += extra_headers or []
+    await send({"type": "http.response.start", "status": error.status_code, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

@@ -61,6 +61,7 @@ class LoadedModel:
     native_width: int
     native_height: int
     load_seconds: float
+    vram_budget_bytes: int | None = None  # None: not a GPU, or no budget applies
 
 
 def model_source(settings: Settings) -> str:
@@ -99,6 +100,7 @@ def load_model(settings: Settings) -> LoadedModel:
     if settings.warmup:
         _warm_up(pipeline, width, height)
     return LoadedModel(
+        vram_budget_bytes=_vram_budget(settings, device),
         pipeline=pipeline,
         name=settings.served_model_name,
         source=source,
@@ -108,6 +110,15 @@ def load_model(settings: Settings) -> LoadedModel:
         native_height=height,
         load_seconds=time.monotonic() - started,
     )
+
+
+def _vram_budget(settings: Settings, device: torch.device) -> int | None:
+    if device.type != "cuda":
+        return None
+    if settings.vram_budget_gb is not None:
+        return int(settings.vram_budget_gb * 1024**3)
+    free, _total = torch.cuda.mem_get_info(device)
+    return int(free * 0.9)  # after load and warm-up; keep 10% for fragmentation
 
 
 def _warm_up(pipeline: Any, width: int, height: int) -> None:

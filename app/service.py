@@ -21,11 +21,13 @@ from app import __version__, gpu, metrics
 from app.engine import Engine, InferenceThread
 from app.errors import ServiceUnavailable, SleepwellError
 from app.health import SERVING_STATES, Health, WorkerState
+from app.model_swap import DesiredModelStore, ModelSwapper
 from app.settings import DeviceChoice, Settings
 
 logger = logging.getLogger("sleepwell.service")
 _WATCHDOG_PERIOD_S = 0.5
 _GIL_SWITCH_INTERVAL_S = 0.001
+_RECONCILE_PERIOD_S = 1.0
 
 
 def default_batch_size(settings: Settings) -> int:
@@ -53,7 +55,16 @@ class Service:
         )
         self.health = Health(settings, self.engine, self.runner)
         self.health.facts.gpu_required = settings.device is DeviceChoice.CUDA
+        self.swapper = ModelSwapper(
+            settings, self.engine, self.thread, DesiredModelStore(settings.state_dir),
+            self.health.facts,
+        )
         self._tasks: list[asyncio.Task[Any]] = []
+
+    @property
+    def model_name(self) -> str:
+        model = self.engine.model
+        return model.name if model is not None else self.settings.served_model_name
 
     # --- lifecycle --------------------------------------------------------------------
     async def start(self) -> None:
@@ -63,7 +74,8 @@ class Service:
         metrics.initialise_request_series()
         metrics.MODEL_READY.set(0)
         self.runner.start()
-        for coroutine in (self._load(), self._watch()):
+        reconcile = self.swapper.reconcile_forever(_RECONCILE_PERIOD_S)
+        for coroutine in (self._load(), self._watch(), reconcile):
             self._tasks.append(asyncio.create_task(coroutine))
 
     async def stop(self) -> None:
@@ -98,7 +110,8 @@ class Service:
     async def _load(self) -> None:
         facts = self.health.facts
         try:
-            model = await self.thread.run(self.engine.load)
+            settings = self.swapper.startup_settings()
+            model = await self.thread.run(lambda: self.engine.load(settings))
         except SleepwellError as exc:
             facts.load_error = exc.message
             logger.error("model load failed: %s", exc.message)
@@ -139,7 +152,22 @@ class Service:
             if state is WorkerState.STALLED and self.settings.exit_on_stall:
                 await self._replace_stalled_worker()
                 return
+            if self._failure_streak_reached() and self.settings.recycle_on_failure_streak:
+                self._recycle()
+                return
             await asyncio.sleep(_WATCHDOG_PERIOD_S)
+
+    def _failure_streak_reached(self) -> bool:
+        return self.runner.failure_streak >= self.settings.failure_streak_limit
+
+    def _recycle(self) -> None:
+        """A fresh process gets a fresh CUDA context: drain, exit, let gunicorn respawn."""
+        streak = self.runner.failure_streak
+        self.health.facts.last_error = f"{streak} consecutive failures; recycling the worker"
+        logger.error("recycling worker after %d consecutive failures", streak)
+        self.begin_drain()
+        _exit_soon(self.settings.graceful_timeout_s + 5)
+        os.kill(os.getpid(), signal.SIGTERM)
 
     async def _replace_stalled_worker(self) -> None:
         reason = self.health.unready_reasons()

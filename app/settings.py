@@ -47,6 +47,9 @@ class Settings(BaseSettings):
         description="multiprocess metrics directory; gunicorn.conf.py makes one if unset",
     )
     log_level: str = "info"
+    state_dir: Path | None = Field(
+        None, description="directory shared by workers (desired model); gunicorn makes one"
+    )
     log_file: Path | None = Field(None, description="also append JSON logs to this file")
     # Set per worker by gunicorn.conf.py: which GPU slot this worker owns.
     worker_slot: int | None = None
@@ -67,6 +70,15 @@ class Settings(BaseSettings):
     max_images: int = Field(4, ge=1, description="largest n")
     max_pixels: int = Field(1024 * 1024, ge=64, description="largest width*height")
     max_steps: int = Field(100, ge=1)
+    max_request_pixels: int = Field(
+        4 * 1024 * 1024, ge=64, description="largest width*height*n of one request"
+    )
+    vram_budget_gb: float | None = Field(
+        None, gt=0, description="GPU memory a request may use; default: free memory after load"
+    )
+    vram_bytes_per_pixel: int = Field(
+        6144, ge=1, description="estimated GPU bytes per output pixel (fp16 SD-class, CFG)"
+    )
     default_steps: int = Field(25, ge=1)
     default_guidance_scale: float = 7.5
     max_prompt_chars: int = Field(2000, ge=1)
@@ -88,7 +100,9 @@ class Settings(BaseSettings):
     stall_exit_delay_s: float = Field(
         3.0, ge=0, description="keep reporting a stall this long before exiting"
     )
-    exit_on_failure_streak: bool = False
+    recycle_on_failure_streak: bool = Field(
+        True, description="after the failure streak, drain and exit so gunicorn respawns us"
+    )
 
     # --- testing -----------------------------------------------------------------------
     fault_injection: bool = Field(
@@ -97,6 +111,39 @@ class Settings(BaseSettings):
 
     # --- secrets (hardening) ----------------------------------------------------------
     api_keys: SecretStr | None = None
+    # --- security (hardening) ---------------------------------------------------------
+    api_keys_file: Path | None = Field(
+        None, description="file with one API key per line; '#' starts a comment"
+    )
+    admin_key: SecretStr | None = Field(None, description="unset = admin endpoints are off")
+    metrics_token: SecretStr | None = Field(None, description="Bearer token for /metrics")
+    allow_unauthenticated: bool = Field(
+        False, description="serve a non-loopback address with no API keys (protected mode off)"
+    )
+    rate_limit: str | None = Field(
+        None, description='per API key (per IP when auth is off), e.g. "60/minute;1000/hour"'
+    )
+    rate_limit_per_ip: str | None = Field(None, description="per client IP, keys or not")
+    rate_limit_storage: str = Field(
+        "memory://", description="memory:// (per worker) or redis://host:port/db (shared)"
+    )
+    rate_limit_key_prefix: str = Field("sleepwell", description="namespace in the storage")
+    cors_origins: str | None = Field(None, description="comma-separated; unset = CORS off")
+    log_prompts: bool = Field(False, description="put prompt text in logs (off: length+hash)")
+    log_file_max_bytes: int = Field(50 * 1024 * 1024, ge=1024, description="rotate beyond")
+    log_file_backups: int = Field(5, ge=1, description="rotated files kept")
+
+    @field_validator("rate_limit", "rate_limit_per_ip")
+    @classmethod
+    def _parse_rate_limit(cls, value: str | None) -> str | None:
+        from limits import parse_many
+
+        if value is None or not value.strip():
+            return None
+        parse_many(value)  # raises ValueError naming the bad part: fail at startup
+        return value.strip()
+
+    # --- end security -----------------------------------------------------------------
 
     # --- feishu relay (monitoring) -----------------------------------------------------
     # `python -m app.relay`: Alertmanager webhooks in, Feishu interactive cards out.

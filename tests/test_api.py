@@ -26,6 +26,7 @@ def server() -> Iterator[RunningServer]:
         "SLEEPWELL_MAX_STEPS": "1000",
         "SLEEPWELL_REQUEST_TIMEOUT_S": "6",
         "SLEEPWELL_MAX_BODY_BYTES": "65536",
+        "SLEEPWELL_MAX_REQUEST_PIXELS": "16384",
     }
     with gunicorn_server(env) as running:
         yield running
@@ -114,6 +115,7 @@ def test_models_list_uses_openai_shape(server) -> None:
         ({"seed": -1}, "seed"),
         ({"response_format": "url"}, "response_format"),
         ({"output_format": "gif"}, "output_format"),
+        ({"size": "128x128", "n": 2}, "n"),
     ],
 )
 def test_generate_invalid_field_answers_400_naming_param(server, body, param) -> None:

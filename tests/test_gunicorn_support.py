@@ -14,6 +14,7 @@ from app.gunicorn_support import (
     worker_environment,
 )
 from app.settings import Settings
+from tests.support.server import ROOT
 
 
 def test_free_slot_no_workers_takes_slot_zero() -> None:
@@ -65,3 +66,18 @@ def test_prepare_metrics_dir_existing_files_are_removed(
     (tmp_path / "sub").mkdir()
     directory = prepare_metrics_dir(Settings(prometheus_multiproc_dir=tmp_path))
     assert directory == tmp_path and list(tmp_path.iterdir()) == []
+
+
+def test_gunicorn_config_import_loads_neither_torch_nor_prometheus_client() -> None:
+    # The master forks workers: torch (CUDA) must not start before the fork, and
+    # prometheus_client must first see PROMETHEUS_MULTIPROC_DIR, set in on_starting.
+    import subprocess
+    import sys
+
+    probe = (
+        "import runpy, sys; runpy.run_path('gunicorn.conf.py'); "
+        "print(sorted(m for m in ('torch', 'prometheus_client', 'diffusers') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                            timeout=60, check=True, cwd=ROOT)
+    assert result.stdout.strip() == "[]"

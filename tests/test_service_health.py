@@ -27,7 +27,10 @@ async def test_health_before_load_reports_model_loading(demo_model_dir) -> None:
 
 
 def test_health_failure_streak_turns_unready_then_recovers(demo_model_dir) -> None:
-    app = create_app(settings_for(demo_model_dir, failure_streak_limit=2, fault_injection=True))
+    app = create_app(settings_for(
+        demo_model_dir, failure_streak_limit=2, fault_injection=True,
+        recycle_on_failure_streak=False,
+    ))
     with TestClient(app) as client:
         _wait_ready(client)
         for _ in range(2):
