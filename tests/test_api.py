@@ -24,7 +24,7 @@ def server() -> Iterator[RunningServer]:
         "SLEEPWELL_FAULT_INJECTION": "true",
         "SLEEPWELL_MAX_QUEUE": "2",
         "SLEEPWELL_MAX_STEPS": "1000",
-        "SLEEPWELL_REQUEST_TIMEOUT_S": "6",
+        "SLEEPWELL_REQUEST_TIMEOUT_S": "10",
         "SLEEPWELL_MAX_BODY_BYTES": "65536",
         "SLEEPWELL_MAX_REQUEST_PIXELS": "16384",
     }
@@ -196,13 +196,20 @@ def test_generate_event_loop_answers_health_during_long_generation(server) -> No
     worker.join(30)
 
 
+def wait_for_health(server: RunningServer, field: str, wanted: int, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while httpx.get(server.url + "/health").json()[field] != wanted:
+        assert time.monotonic() < deadline, f"/health {field} never reached {wanted}"
+        time.sleep(0.02)
+
+
 def test_generate_full_queue_answers_429_with_retry_after(server) -> None:
-    slow = {"prompt": "[[slow=0.1]] slow", "num_inference_steps": 20}
+    slow = {"prompt": "[[slow=0.1]] slow", "num_inference_steps": 30}
     with ThreadPoolExecutor(4) as pool:
         running = pool.submit(generate, server, **slow)
-        time.sleep(0.5)  # it is on the inference thread; the queue is empty again
+        wait_for_health(server, "inflight", 1)  # on the inference thread: the queue is empty
         queued = [pool.submit(generate, server) for _ in range(2)]
-        time.sleep(0.3)
+        wait_for_health(server, "queue_depth", 2)
         rejected = generate(server)
         statuses = [running.result().status_code, *(f.result().status_code for f in queued)]
     assert rejected.status_code == 429
