@@ -16,6 +16,8 @@ from app.gunicorn_support import (
     worker_count,
     worker_environment,
 )
+from app.logging_setup import gunicorn_logconfig
+from app.security import enforce_protected_mode
 from app.settings import Settings
 
 _settings = Settings()
@@ -24,6 +26,9 @@ _gpu_ids = visible_gpu_ids(_settings)
 wsgi_app = "app.main:create_app()"
 worker_class = "uvicorn_worker.UvicornWorker"
 bind = [_settings.bind]
+# Protected mode: with no API keys, refuse a non-loopback bind right here, at config load,
+# long before gunicorn opens a socket (on_starting checks again, after command-line flags).
+enforce_protected_mode(_settings, bind)
 workers = worker_count(_settings, _gpu_ids)
 # CUDA must not be initialised before fork: each worker loads its own model copy.
 preload_app = False
@@ -36,12 +41,17 @@ max_requests = _settings.max_requests
 max_requests_jitter = _settings.max_requests_jitter
 control_socket_disable = True
 loglevel = _settings.log_level
-accesslog = "-"
+# Off: app/access_log.py writes one JSON line per request, with the request id.
+accesslog = None
 errorlog = "-"
+# gunicorn's own lines (master and workers) in the app's JSON format.
+logconfig_dict = gunicorn_logconfig(_settings)
 proc_name = "sleepwell"
 
 
 def on_starting(server: Any) -> None:
+    # The final binds (a --bind flag overrides ours); still before any socket is opened.
+    enforce_protected_mode(_settings, list(server.cfg.bind), server.log)
     metrics_dir, state_dir = prepare_metrics_dir(_settings), prepare_state_dir(_settings)
     server.log.info("metrics directory %s; state directory %s; GPUs %s; workers %d",
                     metrics_dir, state_dir, _gpu_ids or "none", workers)
@@ -53,7 +63,7 @@ def pre_fork(server: Any, worker: Any) -> None:
 
 
 def post_fork(server: Any, worker: Any) -> None:
-    os.environ.update(worker_environment(worker.sleepwell_slot, _gpu_ids))
+    os.environ.update(worker_environment(worker.sleepwell_slot, _gpu_ids, _settings, workers))
     server.log.info("worker %s has slot %s (GPU %s)", worker.pid, worker.sleepwell_slot,
                     os.environ.get("CUDA_VISIBLE_DEVICES", "none"))
 

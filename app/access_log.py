@@ -126,5 +126,7 @@ class AccessLogMiddleware:
         if body is not None:
             fields.update(prompt_fields(body, self.log_prompts))
         fields.update(timing_fields(seen["timing"]))
-        level = logging.WARNING if seen["status"] >= 500 else logging.INFO
+        # A 503 from a probe is an answer (not ready yet), not a server fault.
+        probe = str(scope.get("path", "")).startswith("/health")
+        level = logging.WARNING if seen["status"] >= 500 and not probe else logging.INFO
         logger.log(level, "request", extra=fields)

@@ -71,6 +71,14 @@ class ModelNotFound(NotFound):
     code = "model_not_found"
 
 
+class RequestTimeout(SleepwellError):
+    """The body did not arrive in time (a slow or stalled upload: slowloris)."""
+
+    status_code = 408
+    error_type = "invalid_request_error"
+    code = "request_timeout"
+
+
 class PayloadTooLarge(SleepwellError):
     status_code = 413
     error_type = "invalid_request_error"

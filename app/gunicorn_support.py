@@ -56,11 +56,15 @@ def free_slot(used: Iterable[int | None], slots: int) -> int:
     return len(taken) % max(1, slots)
 
 
-def worker_environment(slot: int, gpu_ids: list[str]) -> dict[str, str]:
-    """Environment a worker in ``slot`` needs: its one GPU, and its slot number."""
+def worker_environment(
+    slot: int, gpu_ids: list[str], settings: Settings, workers: int
+) -> dict[str, str]:
+    """Environment a worker in ``slot`` needs: its GPU, its slot, its share of the cores."""
     env = {"SLEEPWELL_WORKER_SLOT": str(slot)}
     if gpu_ids:
         env["CUDA_VISIBLE_DEVICES"] = gpu_ids[slot % len(gpu_ids)]
+    if settings.torch_threads is None:
+        env["SLEEPWELL_TORCH_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
     return env
 
 

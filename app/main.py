@@ -9,13 +9,18 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from prometheus_fastapi_instrumentator import Instrumentator
 
 from app import __version__
+from app.access_log import AccessLogMiddleware
 from app.errors import install_error_handlers
+from app.guard import GuardMiddleware
 from app.logging_setup import configure_logging
 from app.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
+from app.openapi import install_openapi
 from app.routers import health, images, metrics, models
+from app.security import cors_options, enforce_protected_mode
 from app.service import Service
 from app.settings import Settings
 
@@ -25,6 +30,8 @@ logger = logging.getLogger("sleepwell")
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     configure_logging(settings)
+    if settings.worker_slot is None:  # not under gunicorn, whose master already checked
+        enforce_protected_mode(settings, [settings.bind], logger)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -41,14 +48,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="Sleepwell", version=__version__, lifespan=lifespan)
     app.state.settings = settings
     install_error_handlers(app)
+    install_openapi(app)
     for router in (images.router, models.router, health.router, metrics.router):
         app.include_router(router)
     Instrumentator(
         excluded_handlers=["/metrics", "/health.*"],
         should_group_status_codes=False,
     ).instrument(app)
-    # Added last = outermost: ids exist before anything else runs, even for a 413.
-    app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    # Added last = outermost: ids exist before anything else runs, even for a 413; the
+    # access line sees every answer (401/413/429 too); CORS answers preflights before the
+    # guard (API keys, admin key, metrics token, rate limits) asks for a key.
+    app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes,
+                       body_timeout_s=settings.body_timeout_s)
+    app.add_middleware(GuardMiddleware, settings=settings)
+    if (cors := cors_options(settings)) is not None:
+        app.add_middleware(CORSMiddleware, **cors)
+    app.add_middleware(AccessLogMiddleware, settings=settings)
     app.add_middleware(RequestIdMiddleware)
     return app
 

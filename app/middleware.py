@@ -6,6 +6,7 @@ Pure ASGI rather than BaseHTTPMiddleware, so ``receive`` keeps delivering the cl
 
 from __future__ import annotations
 
+import asyncio
 import re
 import uuid
 from collections.abc import MutableMapping
@@ -13,7 +14,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import PayloadTooLarge, SleepwellError, json_error_bytes
+from app.errors import PayloadTooLarge, RequestTimeout, SleepwellError, json_error_bytes
 
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
@@ -51,16 +52,29 @@ class RequestIdMiddleware:
 
 
 class BodySizeLimitMiddleware:
-    """Refuse bodies over the limit with 413, by Content-Length or while streaming."""
+    """Refuse bodies over the limit with 413, by Content-Length or while streaming; and
+    bodies that take longer than ``body_timeout_s`` to arrive with 408 (slowloris), counted
+    from the request's start. Once the body is complete, ``receive`` is left alone: the
+    images handler waits on it for the client's disconnect, however long a generation runs.
+    """
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, max_body_bytes: int, body_timeout_s: float | None = None
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.body_timeout_s = body_timeout_s
 
     def _error(self) -> PayloadTooLarge:
         return PayloadTooLarge(
             f"The request body is larger than {self.max_body_bytes} bytes "
             "(SLEEPWELL_MAX_BODY_BYTES)."
+        )
+
+    def _timeout(self) -> RequestTimeout:
+        return RequestTimeout(
+            f"The request body did not arrive within {self.body_timeout_s:g}s "
+            "(SLEEPWELL_BODY_TIMEOUT_S)."
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -71,21 +85,42 @@ class BodySizeLimitMiddleware:
         if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
             await self._refuse(send)
             return
+        refusal: list[SleepwellError] = []
         received = 0
+        complete = False
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (self.body_timeout_s or 0.0)
 
         async def counting_receive() -> Message:
-            nonlocal received
-            message = await receive()
+            nonlocal received, complete
+            if complete or self.body_timeout_s is None:
+                message = await receive()
+            else:
+                try:
+                    message = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
+                except TimeoutError:
+                    refusal.append(self._timeout())
+                    raise refusal[-1] from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_body_bytes:
-                    raise self._error()  # mapped to 413 by the app's error handlers
+                    refusal.append(self._error())
+                    raise refusal[-1]
+                complete = not message.get("more_body", False)
             return message
 
-        await self.app(scope, counting_receive, send)
+        async def answering_send(message: Message) -> None:
+            # FastAPI turns any error raised while reading the body into its own 400; the
+            # client gets the real reason (413 or 408) instead.
+            if not refusal:
+                await send(message)
+            elif message["type"] == "http.response.start":
+                await self._refuse(send, refusal[-1])
 
-    async def _refuse(self, send: Send) -> None:
-        await send_error(send, self._error(), [(b"connection", b"close")])
+        await self.app(scope, counting_receive, answering_send)
+
+    async def _refuse(self, send: Send, error: SleepwellError | None = None) -> None:
+        await send_error(send, error or self._error(), [(b"connection", b"close")])
 
 
 async def send_error(

@@ -85,6 +85,10 @@ def load_model(settings: Settings) -> LoadedModel:
     from diffusers import AutoPipelineForText2Image
 
     started = time.monotonic()
+    if settings.torch_threads is not None:
+        # More threads than cores (several workers on one box) makes OpenMP spin-wait for
+        # descheduled threads: every step slows down many times over.
+        torch.set_num_threads(settings.torch_threads)
     device = resolve_device(settings.device)
     dtype = resolve_dtype(settings.dtype, device)
     source = model_source(settings)

@@ -13,7 +13,7 @@ import hmac
 import ipaddress
 import logging
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, Protocol
 
 from fastapi import Depends, Request
 from pydantic import SecretStr
@@ -157,10 +157,16 @@ UNAUTHENTICATED_WARNING = (
 )
 
 
-def enforce_protected_mode(
-    settings: Settings, binds: list[str], log: logging.Logger | None = None
-) -> None:
-    """Exit (SystemExit with the reason) or warn loudly; a bad keys file also exits."""
+class _Warns(Protocol):
+    def warning(self, msg: str, *args: Any) -> None: ...
+
+
+def enforce_protected_mode(settings: Settings, binds: list[str], log: _Warns | None = None) -> None:
+    """Exit (SystemExit with the reason) when protected mode forbids ``binds``.
+
+    A keys file that is missing, unreadable or empty also exits. With ``log``, serving a
+    non-loopback address without keys (SLEEPWELL_ALLOW_UNAUTHENTICATED) is warned about.
+    """
     try:
         keys = configured_api_keys(settings)
     except SecurityConfigError as exc:
@@ -169,8 +175,8 @@ def enforce_protected_mode(
     if problem is not None:
         raise SystemExit(problem)
     exposed = [bind for bind in binds if not is_loopback_bind(bind)]
-    if exposed and not keys:
-        (log or logger).warning(UNAUTHENTICATED_WARNING.format(binds=", ".join(exposed)))
+    if log is not None and exposed and not keys:
+        log.warning(UNAUTHENTICATED_WARNING.format(binds=", ".join(exposed)))
 
 
 # --- admin ------------------------------------------------------------------------------
@@ -196,3 +202,25 @@ async def require_admin(request: Request) -> None:
 
 
 AdminDep = Annotated[None, Depends(require_admin)]
+
+
+# --- CORS -------------------------------------------------------------------------------
+
+
+def cors_options(settings: Settings) -> dict[str, Any] | None:
+    """Starlette CORSMiddleware options, or None: CORS is off unless origins are listed."""
+    if not settings.cors_origins:
+        return None
+    origins = [origin.strip() for origin in settings.cors_origins.split(",") if origin.strip()]
+    if not origins:
+        return None
+    return {
+        "allow_origins": origins,
+        "allow_methods": ["GET", "POST"],
+        "allow_headers": ["Authorization", "Content-Type", "X-Request-ID"],
+        "expose_headers": ["X-Request-ID", "Retry-After", "Server-Timing", "X-RateLimit-Limit",
+                           "X-RateLimit-Remaining", "X-RateLimit-Reset"],
+        # Keys travel in a header, never in cookies: no credentialed requests.
+        "allow_credentials": False,
+        "max_age": 600,
+    }

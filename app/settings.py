@@ -64,6 +64,9 @@ class Settings(BaseSettings):
     device: DeviceChoice = DeviceChoice.AUTO
     dtype: DtypeChoice = DtypeChoice.AUTO
     warmup: bool = True
+    torch_threads: int | None = Field(
+        None, ge=1, description="CPU threads for torch; gunicorn: cores / workers"
+    )
 
     # --- request limits ----------------------------------------------------------------
     max_queue: int = Field(16, ge=1, description="requests waiting per worker; beyond: 429")
@@ -130,6 +133,9 @@ class Settings(BaseSettings):
     rate_limit_key_prefix: str = Field("sleepwell", description="namespace in the storage")
     cors_origins: str | None = Field(None, description="comma-separated; unset = CORS off")
     log_prompts: bool = Field(False, description="put prompt text in logs (off: length+hash)")
+    body_timeout_s: float = Field(
+        30.0, gt=0, description="the whole request body must arrive within this; else 408"
+    )
     log_file_max_bytes: int = Field(50 * 1024 * 1024, ge=1024, description="rotate beyond")
     log_file_backups: int = Field(5, ge=1, description="rotated files kept")
 

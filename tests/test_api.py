@@ -204,7 +204,7 @@ def wait_for_health(server: RunningServer, field: str, wanted: int, timeout: flo
 
 
 def test_generate_full_queue_answers_429_with_retry_after(server) -> None:
-    slow = {"prompt": "[[slow=0.1]] slow", "num_inference_steps": 30}
+    slow = {"prompt": "[[slow=0.3]] slow", "num_inference_steps": 10}
     with ThreadPoolExecutor(4) as pool:
         running = pool.submit(generate, server, **slow)
         wait_for_health(server, "inflight", 1)  # on the inference thread: the queue is empty

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -33,13 +34,22 @@ def test_free_slot_all_taken_shares_round_robin() -> None:
 
 def test_worker_environment_pins_one_gpu_per_slot() -> None:
     gpus = ["3", "5"]
+    settings = Settings(torch_threads=4)
     expected = {"SLEEPWELL_WORKER_SLOT": "0", "CUDA_VISIBLE_DEVICES": "3"}
-    assert worker_environment(0, gpus) == expected
-    assert worker_environment(1, gpus)["CUDA_VISIBLE_DEVICES"] == "5"
+    assert worker_environment(0, gpus, settings, 2) == expected
+    assert worker_environment(1, gpus, settings, 2)["CUDA_VISIBLE_DEVICES"] == "5"
 
 
 def test_worker_environment_cpu_sets_no_cuda_devices() -> None:
-    assert worker_environment(0, []) == {"SLEEPWELL_WORKER_SLOT": "0"}
+    env = worker_environment(0, [], Settings(torch_threads=1), 1)
+    assert env == {"SLEEPWELL_WORKER_SLOT": "0"}
+
+
+def test_worker_environment_shares_cores_between_workers() -> None:
+    cores = os.cpu_count() or 1
+    env = worker_environment(0, [], Settings(), workers=cores * 4)
+    assert env["SLEEPWELL_TORCH_THREADS"] == "1"
+    assert worker_environment(0, [], Settings(), 1)["SLEEPWELL_TORCH_THREADS"] == str(cores)
 
 
 def test_visible_gpu_ids_explicit_list_wins() -> None:
