@@ -19,7 +19,7 @@ from app.guard import GuardMiddleware
 from app.logging_setup import configure_logging
 from app.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
 from app.openapi import install_openapi
-from app.routers import health, images, metrics, models
+from app.routers import admin, health, images, metrics, models
 from app.security import cors_options, enforce_protected_mode
 from app.service import Service
 from app.settings import Settings
@@ -49,7 +49,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     install_error_handlers(app)
     install_openapi(app)
-    for router in (images.router, models.router, health.router, metrics.router):
+    for router in (images.router, models.router, health.router, metrics.router, admin.router):
         app.include_router(router)
     Instrumentator(
         excluded_handlers=["/metrics", "/health.*"],

@@ -31,6 +31,7 @@ from app.settings import Settings
 logger = logging.getLogger("sleepwell.model_swap")
 
 DESIRED_MODEL_FILE = "desired-model.json"
+SWAP_ERROR_FILE = "swap-error.txt"
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,28 @@ class DesiredModelStore:
 
     def __init__(self, directory: Path | None) -> None:
         self.path = directory / DESIRED_MODEL_FILE if directory is not None else None
+        self.error_path = directory / SWAP_ERROR_FILE if directory is not None else None
+
+    @property
+    def shared(self) -> bool:
+        return self.path is not None
+
+    def record_error(self, message: str | None) -> None:
+        """Share the last failed swap, so /health on every worker reports it."""
+        if self.error_path is None:
+            return
+        if message is None:
+            self.error_path.unlink(missing_ok=True)
+        else:
+            _write_atomically(self.error_path, message)
+
+    def read_error(self) -> str | None:
+        if self.error_path is None:
+            return None
+        try:
+            return self.error_path.read_text(encoding="utf-8") or None
+        except OSError:
+            return None
 
     def read(self) -> DesiredModel | None:
         if self.path is None:
@@ -62,11 +85,14 @@ class DesiredModelStore:
         if self.path is None:
             return None
         desired = DesiredModel(model=model, generation=time.time_ns())
-        scratch = self.path.with_suffix(f".{os.getpid()}.tmp")
-        scratch.write_text(json.dumps({"model": model, "generation": desired.generation}),
-                           encoding="utf-8")
-        os.replace(scratch, self.path)  # readers see the old file or the new one, never half
+        _write_atomically(self.path, json.dumps({"model": model, "generation": desired.generation}))
         return desired
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    scratch = path.with_suffix(f".{os.getpid()}.tmp")
+    scratch.write_text(text, encoding="utf-8")
+    os.replace(scratch, path)  # readers see the old file or the new one, never half of one
 
 
 class ModelSwapper:
@@ -105,6 +131,7 @@ class ModelSwapper:
                 new = await asyncio.to_thread(load_model, self.settings_for(source))
             except Exception as exc:
                 self.facts.swap_error = f"loading {source!r} failed: {exc}"
+                self.store.record_error(self.facts.swap_error)
                 raise
             old = await self.thread.run(lambda: self.engine.install(new))
             self.facts.swap_error = None
@@ -118,6 +145,7 @@ class ModelSwapper:
     async def swap_everywhere(self, source: str) -> tuple[LoadedModel, LoadedModel | None]:
         """Swap here first; publish to the other workers only if it worked."""
         new, old = await self.swap(source)
+        self.store.record_error(None)
         desired = self.store.publish(source)
         if desired is not None:
             self.applied_generation = desired.generation
@@ -126,6 +154,8 @@ class ModelSwapper:
     async def reconcile_forever(self, period_s: float) -> None:
         while True:
             await asyncio.sleep(period_s)
+            if self.store.shared:
+                self.facts.swap_error = self.store.read_error()
             desired = self.store.read()
             if desired is None or desired.generation == self.applied_generation:
                 continue
