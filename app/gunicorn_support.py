@@ -64,8 +64,18 @@ def worker_environment(
     if gpu_ids:
         env["CUDA_VISIBLE_DEVICES"] = gpu_ids[slot % len(gpu_ids)]
     if settings.torch_threads is None:
-        env["SLEEPWELL_TORCH_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
+        env["SLEEPWELL_TORCH_THREADS"] = str(cpu_threads_per_worker(workers))
     return env
+
+
+def cpu_threads_per_worker(workers: int) -> int:
+    """Each worker's share of the cores, less one core kept for event loops and encoding.
+
+    OpenMP threads spin-wait for each other; when the event loop or an encoder takes one of
+    their cores, every parallel region stalls. Measured on 2 cores (bench/throughput.py):
+    2 threads served 1.4-2.0 images/s at concurrency 8 (p99 10 s); 1 thread served 6.8.
+    """
+    return max(1, (os.cpu_count() or 1) // workers - 1)
 
 
 def _clean_dir(configured: Path | None, prefix: str, variable: str) -> Path:

@@ -19,6 +19,7 @@ still safe.
 from __future__ import annotations
 
 import fcntl
+import importlib
 import logging
 import logging.handlers
 import os
@@ -32,6 +33,8 @@ from app.settings import Settings
 
 _FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 _RENAMES = {"asctime": "time", "levelname": "level", "name": "logger"}
+# Libraries that print through handlers of their own; they keep their own levels.
+_LIBRARY_LOGGERS = ("transformers", "diffusers", "py.warnings")
 
 
 class SleepwellJsonFormatter(JsonFormatter):
@@ -111,24 +114,43 @@ def handlers_for(settings: Settings) -> list[logging.Handler]:
 
 
 def configure_logging(settings: Settings) -> None:
-    """Route our loggers and uvicorn's through JSON handlers. Idempotent.
+    """Route our loggers, uvicorn's and the ML libraries' through JSON handlers. Idempotent.
 
     Uvicorn's access log is silenced: app.access_log writes the one line per request.
+    transformers and diffusers install plain-text handlers of their own; they get ours, so
+    no line of the service's output is anything but JSON. Python warnings go the same way.
     """
     handlers = handlers_for(settings)
-    level = settings.log_level.upper()
-    for name in ("sleepwell", "uvicorn.error"):
+    logging.captureWarnings(True)
+    _disable_library_default_handlers()
+    for name in ("sleepwell", "uvicorn.error", *_LIBRARY_LOGGERS):
         logger = logging.getLogger(name)
         for old in logger.handlers:
             if getattr(old, "_sleepwell", False):  # ours from an earlier call; not gunicorn's
                 old.close()
         logger.handlers = list(handlers)
-        logger.setLevel(level)
         logger.propagate = False
+        if name not in _LIBRARY_LOGGERS:
+            logger.setLevel(settings.log_level.upper())
     access = logging.getLogger("uvicorn.access")
     access.handlers = []
     access.setLevel(logging.WARNING)
     access.propagate = False
+
+
+def _disable_library_default_handlers() -> None:
+    """transformers and diffusers add a plain stderr handler on first use (and draw tqdm
+    bars); make them do it now and drop it, so ours (set next) stay the only ones. This
+    imports both libraries
+    here, about 3 s on a CPU, which the model load then saves: readiness is not delayed.
+    """
+    for name in ("transformers.utils.logging", "diffusers.utils.logging"):
+        try:
+            module = importlib.import_module(name)
+            module.disable_default_handler()
+            module.disable_progress_bar()  # tqdm bars are for terminals, not JSON logs
+        except ImportError:  # pragma: no cover - both are dependencies
+            continue
 
 
 def gunicorn_logconfig(settings: Settings) -> dict[str, Any]:

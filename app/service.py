@@ -21,6 +21,7 @@ from app import __version__, gpu, metrics
 from app.engine import Engine, InferenceThread
 from app.errors import ServiceUnavailable, SleepwellError
 from app.health import SERVING_STATES, Health, WorkerState
+from app.model import LoadedModel
 from app.model_swap import DesiredModelStore, ModelSwapper
 from app.settings import DeviceChoice, Settings
 
@@ -60,6 +61,8 @@ class Service:
             self.health.facts,
         )
         self._tasks: list[asyncio.Task[Any]] = []
+        self._loaded = asyncio.Event()
+        self._waiting_for_load = 0
 
     @property
     def model_name(self) -> str:
@@ -106,6 +109,37 @@ class Service:
         self.runner.accepting = False
         metrics.MODEL_READY.set(0)
 
+    async def serving_model(self) -> LoadedModel:
+        """The model to run a new request on; while loading, wait a little for it."""
+        if self.health.state() is WorkerState.STARTING:
+            await self._wait_for_load()
+        state = self.health.state()
+        model = self.engine.model
+        if model is not None and state not in (WorkerState.DRAINING, WorkerState.STALLED):
+            return model
+        reasons = "; ".join(self.health.unready_reasons()) or state.value
+        code = {WorkerState.STARTING: "model_loading", WorkerState.FAILED: "model_load_failed"}
+        metrics.GENERATIONS.labels(status="rejected").inc()
+        raise ServiceUnavailable(
+            f"The model is not ready to serve: {reasons}.",
+            code=code.get(state, state.value),
+            retry_after_s=30 if state is WorkerState.FAILED else 5,
+        )
+
+    async def _wait_for_load(self) -> None:
+        # A freshly (re)spawned worker shares the listening socket and gets connections at
+        # once; holding them briefly beats bouncing them with 503 while the model loads.
+        # Bounded in time (SLEEPWELL_LOAD_WAIT_S) and in number (SLEEPWELL_MAX_QUEUE).
+        if self._waiting_for_load >= self.settings.max_queue:
+            return
+        self._waiting_for_load += 1
+        try:
+            await asyncio.wait_for(self._loaded.wait(), self.settings.load_wait_s)
+        except TimeoutError:
+            pass
+        finally:
+            self._waiting_for_load -= 1
+
     # --- background tasks -------------------------------------------------------------
     async def _load(self) -> None:
         facts = self.health.facts
@@ -128,6 +162,7 @@ class Service:
                 self._tasks.append(asyncio.create_task(self._monitor_gpu(model.device)))
         finally:
             facts.loading = False
+            self._loaded.set()
 
     async def _monitor_gpu(self, device: torch.device) -> None:
         index = gpu.physical_index(self.settings.cuda_visible_devices)

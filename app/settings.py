@@ -65,7 +65,7 @@ class Settings(BaseSettings):
     dtype: DtypeChoice = DtypeChoice.AUTO
     warmup: bool = True
     torch_threads: int | None = Field(
-        None, ge=1, description="CPU threads for torch; gunicorn: cores / workers"
+        None, ge=1, description="CPU threads for torch; gunicorn: cores / workers - 1"
     )
 
     # --- request limits ----------------------------------------------------------------
@@ -87,6 +87,9 @@ class Settings(BaseSettings):
     max_prompt_chars: int = Field(2000, ge=1)
     max_body_bytes: int = Field(1024 * 1024, ge=1024)
     request_timeout_s: float = Field(120.0, gt=0)
+    load_wait_s: float = Field(
+        30.0, ge=0, description="a request arriving while the model loads waits this long"
+    )
 
     # --- batching ----------------------------------------------------------------------
     max_batch_size: int | None = Field(

@@ -17,11 +17,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from app.gunicorn_support import cpu_threads_per_worker  # noqa: E402
 from bench.loadgen import print_table, run_load  # noqa: E402
 from tests.support.server import DEMO_MODEL_DIR, gunicorn_server  # noqa: E402
 
 
-def direct_images_per_s(steps: int, seconds: float) -> float:
+def direct_images_per_s(steps: int, seconds: float, threads: int | None) -> float:
     """(a) The pipeline in a plain loop, loaded through the service's own loader."""
     import torch
 
@@ -30,7 +31,8 @@ def direct_images_per_s(steps: int, seconds: float) -> float:
     from app.settings import Settings
 
     ensure_demo_model(DEMO_MODEL_DIR)
-    model = load_model(Settings(demo_model_dir=DEMO_MODEL_DIR, device="cpu"))
+    model = load_model(Settings(demo_model_dir=DEMO_MODEL_DIR, device="cpu",
+                                torch_threads=threads))
     images, seed = 0, 0
     started = time.monotonic()
     while time.monotonic() - started < seconds:
@@ -62,15 +64,24 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0)
     args = parser.parse_args()
 
-    direct = direct_images_per_s(args.steps, args.seconds)
-    rows: list[list[object]] = [["(a) direct pipeline loop", "-", "-", f"{direct:.2f}", "-", "-",
-                                 "-", "1.00"]]
+    import torch
+
+    default_threads = torch.get_num_threads()
+    served_threads = cpu_threads_per_worker(1)
+    rows: list[list[object]] = []
+    direct = 0.0
+    for threads in sorted({default_threads, served_threads}, reverse=True):
+        rate = direct_images_per_s(args.steps, args.seconds, threads)
+        rows.append([f"(a) direct loop, {threads} torch threads", "-", "-", f"{rate:.2f}", "-",
+                     "-", "-", "-"])
+        direct = max(direct, rate)
     for label, concurrency, batch in (("(b) HTTP, 1 worker", 1, 1), ("(b) HTTP, 1 worker", 8, 1),
                                       ("(c) HTTP, batching on", 8, 4)):
         row = served(args.steps, args.seconds, concurrency, batch)
         ratio = float(str(row[2])) / direct
         rows.append([label, *row[:2], *row[2:], f"{ratio:.2f}"])
-    print(f"\n64x64, {args.steps} steps, demo model, CPU, {args.seconds:.0f}s per row")
+    print(f"\n64x64, {args.steps} steps, demo model, CPU, {args.seconds:.0f}s per row; served "
+          f"with {served_threads} torch thread(s) per worker; 'vs (a)' divides by the best (a)")
     print_table(["scenario", "concurrency", "max batch", "images/s", "p50 ms", "p99 ms",
                  "statuses", "vs (a)"], rows)
 

@@ -49,7 +49,8 @@ def test_worker_environment_shares_cores_between_workers() -> None:
     cores = os.cpu_count() or 1
     env = worker_environment(0, [], Settings(), workers=cores * 4)
     assert env["SLEEPWELL_TORCH_THREADS"] == "1"
-    assert worker_environment(0, [], Settings(), 1)["SLEEPWELL_TORCH_THREADS"] == str(cores)
+    expected = str(max(1, cores - 1))  # one core stays free for the event loop
+    assert worker_environment(0, [], Settings(), 1)["SLEEPWELL_TORCH_THREADS"] == expected
 
 
 def test_visible_gpu_ids_explicit_list_wins() -> None:

@@ -12,12 +12,10 @@ from fastapi.responses import JSONResponse
 from app.admission import build_job
 from app.deps import RequestIdDep, ServiceDep
 from app.encoding import encode_images
-from app.errors import Cancelled, DeadlineExceeded, ServiceUnavailable
-from app.health import WorkerState
+from app.errors import Cancelled, DeadlineExceeded
 from app.jobs import Job
 from app.runner import Runner
 from app.schemas import ImageData, ImageGenerationRequest, ImageGenerationResponse
-from app.service import Service
 
 router = APIRouter(tags=["images"])
 
@@ -26,7 +24,7 @@ router = APIRouter(tags=["images"])
 async def generate_images(
     body: ImageGenerationRequest, request: Request, service: ServiceDep, request_id: RequestIdDep
 ) -> JSONResponse:
-    model = _serving_model(service)
+    model = await service.serving_model()
     job = build_job(body, service.settings, model, request_id)
     service.runner.submit(job)
     images = await wait_for_images(service.runner, job, request)
@@ -46,20 +44,6 @@ async def generate_images(
         f"encode;dur={encode_seconds * 1000:.1f}"
     )
     return JSONResponse(response.model_dump(exclude_none=True), headers={"Server-Timing": timing})
-
-
-def _serving_model(service: Service) -> Any:
-    state = service.health.state()
-    model = service.engine.model
-    if model is not None and state not in (WorkerState.DRAINING, WorkerState.STALLED):
-        return model
-    reasons = "; ".join(service.health.unready_reasons()) or state.value
-    code = {WorkerState.STARTING: "model_loading", WorkerState.FAILED: "model_load_failed"}
-    raise ServiceUnavailable(
-        f"The model is not ready to serve: {reasons}.",
-        code=code.get(state, state.value),
-        retry_after_s=5 if state is not WorkerState.FAILED else 30,
-    )
 
 
 async def wait_for_images(runner: Runner, job: Job, request: Request) -> list[Any]:

@@ -88,7 +88,9 @@ class RunningServer:
 
     def ready_worker_pids(self) -> set[int]:
         """Workers whose model_ready gauge is 1, read from the metrics exposition."""
-        text = httpx.get(f"{self.url}/metrics", timeout=5).text
+        token = self.env.get("SLEEPWELL_METRICS_TOKEN")
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        text = httpx.get(f"{self.url}/metrics", headers=headers, timeout=5).text
         ready = set()
         for line in text.splitlines():
             if line.startswith("model_ready{") and line.rstrip().endswith(" 1.0"):
