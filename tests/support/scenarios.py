@@ -1,4 +1,4 @@
-"""Fault scenarios against a real server, shared by tests (which assert) and bench (which prints)."""
+"""Fault scenarios against a real server: tests assert on them, bench/ prints them."""
 
 from __future__ import annotations
 
@@ -106,7 +106,9 @@ class CrashResult:
         return sum(count for status, count in self.statuses.items() if status != 200)
 
 
-async def crash(server: RunningServer, clients: int, seconds: float, kill_after: float) -> CrashResult:
+async def crash(
+    server: RunningServer, clients: int, seconds: float, kill_after: float
+) -> CrashResult:
     """Closed-loop load; SIGKILL one worker mid-way; time until a replacement is ready."""
     statuses: Counter[int | str] = Counter()
     outstanding = 0
