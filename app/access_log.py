@@ -32,7 +32,7 @@ def prompt_fields(body: bytes, log_prompts: bool) -> dict[str, Any]:
     """Length and hash of the prompt in a generation body; nothing if it does not parse."""
     try:
         payload = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: '[[[[...' nested 30000 deep
         return {}
     if not isinstance(payload, dict) or not isinstance(payload.get("prompt"), str):
         return {}

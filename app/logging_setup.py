@@ -141,8 +141,8 @@ def configure_logging(settings: Settings) -> None:
 def _disable_library_default_handlers() -> None:
     """transformers and diffusers add a plain stderr handler on first use (and draw tqdm
     bars); make them do it now and drop it, so ours (set next) stay the only ones. This
-    imports both libraries
-    here, about 3 s on a CPU, which the model load then saves: readiness is not delayed.
+    imports both libraries here, about 3 s on a CPU, which the model load then saves:
+    readiness is not delayed.
     """
     for name in ("transformers.utils.logging", "diffusers.utils.logging"):
         try:

@@ -65,13 +65,13 @@ class BodySizeLimitMiddleware:
         self.max_body_bytes = max_body_bytes
         self.body_timeout_s = body_timeout_s
 
-    def _error(self) -> PayloadTooLarge:
+    def too_large(self) -> PayloadTooLarge:
         return PayloadTooLarge(
             f"The request body is larger than {self.max_body_bytes} bytes "
             "(SLEEPWELL_MAX_BODY_BYTES)."
         )
 
-    def _timeout(self) -> RequestTimeout:
+    def too_slow(self) -> RequestTimeout:
         return RequestTimeout(
             f"The request body did not arrive within {self.body_timeout_s:g}s "
             "(SLEEPWELL_BODY_TIMEOUT_S)."
@@ -83,44 +83,55 @@ class BodySizeLimitMiddleware:
             return
         declared = _header(scope, b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
-            await self._refuse(send)
+            await self._refuse(send, self.too_large())
             return
-        refusal: list[SleepwellError] = []
-        received = 0
-        complete = False
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + (self.body_timeout_s or 0.0)
-
-        async def counting_receive() -> Message:
-            nonlocal received, complete
-            if complete or self.body_timeout_s is None:
-                message = await receive()
-            else:
-                try:
-                    message = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
-                except TimeoutError:
-                    refusal.append(self._timeout())
-                    raise refusal[-1] from None
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_body_bytes:
-                    refusal.append(self._error())
-                    raise refusal[-1]
-                complete = not message.get("more_body", False)
-            return message
+        body = _BodyWatch(self, receive)
 
         async def answering_send(message: Message) -> None:
             # FastAPI turns any error raised while reading the body into its own 400; the
             # client gets the real reason (413 or 408) instead.
-            if not refusal:
+            if body.refusal is None:
                 await send(message)
             elif message["type"] == "http.response.start":
-                await self._refuse(send, refusal[-1])
+                await self._refuse(send, body.refusal)
 
-        await self.app(scope, counting_receive, answering_send)
+        await self.app(scope, body.receive, answering_send)
 
-    async def _refuse(self, send: Send, error: SleepwellError | None = None) -> None:
-        await send_error(send, error or self._error(), [(b"connection", b"close")])
+    async def _refuse(self, send: Send, error: SleepwellError) -> None:
+        await send_error(send, error, [(b"connection", b"close")])
+
+
+class _BodyWatch:
+    """One request's body: bytes so far, whether it is complete, and why it was refused."""
+
+    def __init__(self, limits: BodySizeLimitMiddleware, receive: Receive) -> None:
+        self.limits = limits
+        self._receive = receive
+        self.received = 0
+        self.complete = False
+        self.refusal: SleepwellError | None = None
+        self._loop = asyncio.get_running_loop()
+        self._deadline = self._loop.time() + (limits.body_timeout_s or 0.0)
+
+    async def receive(self) -> Message:
+        if self.complete or self.limits.body_timeout_s is None:
+            message = await self._receive()
+        else:
+            remaining = max(0.0, self._deadline - self._loop.time())
+            try:
+                message = await asyncio.wait_for(self._receive(), remaining)
+            except TimeoutError:
+                raise self._refuse(self.limits.too_slow()) from None
+        if message["type"] == "http.request":
+            self.received += len(message.get("body", b""))
+            if self.received > self.limits.max_body_bytes:
+                raise self._refuse(self.limits.too_large())
+            self.complete = not message.get("more_body", False)
+        return message
+
+    def _refuse(self, error: SleepwellError) -> SleepwellError:
+        self.refusal = error
+        return error
 
 
 async def send_error(

@@ -30,7 +30,8 @@ from app.settings import Settings
 logger = logging.getLogger("sleepwell.ratelimit")
 
 _WARN_EVERY_S = 30.0
-_REDIS_TIMEOUT_S = 0.5
+# Generous for loopback, short enough that a dead Redis costs a request little.
+_REDIS_TIMEOUT_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -119,5 +120,7 @@ class RateLimiter:
         now = time.monotonic()
         if now - self._last_warning >= _WARN_EVERY_S:
             self._last_warning = now
-            logger.warning("rate limit storage failed; letting requests through: %s",
-                           type(exc).__name__)
+            cause = type(exc.__cause__).__name__ if exc.__cause__ else "-"
+            # Types only: a storage error's text may carry the storage URL and its password.
+            logger.warning("rate limit storage failed (%s, cause %s); letting requests through",
+                           type(exc).__name__, cause)

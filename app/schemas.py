@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator
 
-_SIZE_PATTERN = re.compile(r"^(\d{1,6})x(\d{1,6})$")
+_SIZE_PATTERN = re.compile(r"^([0-9]{1,6})x([0-9]{1,6})\Z")  # \Z: "64x64\n" is no size
 MAX_SEED = 2**32 - 1
 
 
@@ -32,7 +32,7 @@ class ImageGenerationRequest(BaseModel):
     output_format: OutputFormat = OutputFormat.PNG
     negative_prompt: str | None = None
     num_inference_steps: StrictInt | None = None
-    guidance_scale: float | None = None
+    guidance_scale: float | None = Field(None, strict=True)  # no true/"7" as numbers
     seed: StrictInt | None = Field(None, ge=0, le=MAX_SEED)
     user: str | None = None
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -10,6 +11,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import httpx
 import pytest
@@ -63,8 +65,15 @@ def test_metrics_two_workers_every_scrape_shows_exact_totals(pair) -> None:
         assert value(text, "image_generation_latency_seconds_count") == 20
         assert value(text, "image_generation_queue_depth") == 0
         assert value(text, "model_ready") == 2  # one series per live worker, never double
-    served_by = {line for line in pair.log().splitlines() if "POST /v1/images" in line}
+    served_by = {entry["pid"] for entry in access_lines(pair.log())
+                 if entry["path"] == "/v1/images/generations"}
     assert len(served_by) >= 2
+
+
+def access_lines(log: str) -> list[dict[str, Any]]:
+    """The JSON line app/access_log.py writes per request."""
+    lines = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+    return [line for line in lines if line.get("logger") == "sleepwell.access"]
 
 
 def test_metrics_exposition_passes_promtool_check(pair) -> None:

@@ -1,0 +1,1 @@
+"""Hardening: API keys, protected mode, rate limits, CORS, logs, bad input at scale."""
