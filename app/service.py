@@ -31,15 +31,6 @@ _GIL_SWITCH_INTERVAL_S = 0.001
 _RECONCILE_PERIOD_S = 1.0
 
 
-def default_batch_size(settings: Settings) -> int:
-    if settings.max_batch_size is not None:
-        return settings.max_batch_size
-    # Measured (bench/throughput.py): batching buys nothing on a CPU, whose cores are already
-    # saturated by one call; on a GPU merging requests fills idle SMs.
-    on_gpu = settings.device is not DeviceChoice.CPU and torch.cuda.is_available()
-    return 4 if on_gpu else 1
-
-
 class Service:
     def __init__(self, settings: Settings) -> None:
         from app.runner import Runner
@@ -51,7 +42,7 @@ class Service:
             self.engine,
             self.thread,
             max_queue=settings.max_queue,
-            max_batch=default_batch_size(settings),
+            max_batch=settings.max_batch_size,
             batch_wait_s=settings.batch_wait_ms / 1000,
         )
         self.health = Health(settings, self.engine, self.runner)

@@ -44,7 +44,8 @@ def quantile(values: list[float], q: float) -> float:
 async def measure(base: str, probes: int, max_queue: int, workers: int) -> list[list[object]]:
     body = {"prompt": "saturate", "size": "64x64", "num_inference_steps": 60}
     flood = asyncio.create_task(
-        run_load(base + "/v1/images/generations", body, (max_queue + 2) * workers, 10_000, 60)
+        # More clients than queue + batch + 2: every queue stays full, extras get 429.
+        run_load(base + "/v1/images/generations", body, (max_queue + 6) * workers, 10_000, 60)
     )
     await asyncio.sleep(2.0)  # let the queue fill
     rows: list[list[object]] = []

@@ -110,7 +110,8 @@ def test_health_slow_but_progressing_generation_stays_live_and_busy(demo_model_d
 
 
 def test_health_full_queue_keeps_worker_ready(demo_model_dir) -> None:
-    env = {"SLEEPWELL_FAULT_INJECTION": "true", "SLEEPWELL_MAX_QUEUE": "2"}
+    env = {"SLEEPWELL_FAULT_INJECTION": "true", "SLEEPWELL_MAX_QUEUE": "2",
+           "SLEEPWELL_MAX_BATCH_SIZE": "1"}
     body = {"prompt": "[[slow=0.1]] busy", "size": "64x64", "num_inference_steps": 15}
     with gunicorn_server(env) as server, ThreadPoolExecutor(6) as pool:
         futures = [pool.submit(httpx.post, server.url + GENERATE, json=body, timeout=60)
