@@ -13,8 +13,9 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 logger = logging.getLogger(__name__)
 
@@ -22,6 +23,7 @@ DEMO_SEED = 0
 DEMO_MODEL_NAME = "sleepwell-demo-tiny-sd"
 # The marker file is written last, so a directory without it is an interrupted build.
 _COMPLETE_MARKER = ".sleepwell-demo-complete"
+T = TypeVar("T")
 
 
 def _byte_level_vocab() -> dict[str, int]:
@@ -60,20 +62,18 @@ def _make_tokenizer(tokenizer_class: Any, raw_dir: Path) -> Any:
     )
 
 
-def build_demo_pipeline(raw_tokenizer_dir: Path):  # type: ignore[no-untyped-def]
-    """Construct the pipeline in memory, deterministically from DEMO_SEED."""
+def _seeded(factory: Callable[[], T]) -> T:
+    """Each component starts from the same seed, so it never depends on build order."""
     import torch
-    from diffusers import (
-        AutoencoderKL,
-        EulerDiscreteScheduler,
-        StableDiffusionPipeline,
-        UNet2DConditionModel,
-    )
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    tokenizer = _make_tokenizer(CLIPTokenizer, raw_tokenizer_dir)
     torch.manual_seed(DEMO_SEED)
-    unet = UNet2DConditionModel(
+    return factory()
+
+
+def _unet() -> Any:
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(
         block_out_channels=(32, 64),
         layers_per_block=1,
         sample_size=32,
@@ -84,8 +84,12 @@ def build_demo_pipeline(raw_tokenizer_dir: Path):  # type: ignore[no-untyped-def
         cross_attention_dim=32,
         norm_num_groups=8,
     )
-    torch.manual_seed(DEMO_SEED)
-    vae = AutoencoderKL(
+
+
+def _vae() -> Any:
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
         block_out_channels=[32, 64],
         in_channels=3,
         out_channels=3,
@@ -94,29 +98,40 @@ def build_demo_pipeline(raw_tokenizer_dir: Path):  # type: ignore[no-untyped-def
         latent_channels=4,
         norm_num_groups=8,
     )
-    torch.manual_seed(DEMO_SEED)
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            bos_token_id=0,
-            eos_token_id=1,
-            pad_token_id=1,
-            hidden_size=32,
-            intermediate_size=37,
-            layer_norm_eps=1e-05,
-            num_attention_heads=4,
-            num_hidden_layers=2,
-            vocab_size=len(tokenizer),
-            max_position_embeddings=77,
-        )
+
+
+def _text_encoder(vocab_size: int) -> Any:
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    config = CLIPTextConfig(
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=1,
+        hidden_size=32,
+        intermediate_size=37,
+        layer_norm_eps=1e-05,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        vocab_size=vocab_size,
+        max_position_embeddings=77,
     )
+    return CLIPTextModel(config)
+
+
+def build_demo_pipeline(raw_tokenizer_dir: Path) -> Any:
+    """Construct the pipeline in memory, deterministically from DEMO_SEED."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
+    from transformers import CLIPTokenizer
+
+    tokenizer = _make_tokenizer(CLIPTokenizer, raw_tokenizer_dir)
     scheduler = EulerDiscreteScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000
     )
     return StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
+        vae=_seeded(_vae),
+        text_encoder=_seeded(lambda: _text_encoder(len(tokenizer))),
         tokenizer=tokenizer,
-        unet=unet,
+        unet=_seeded(_unet),
         scheduler=scheduler,
         safety_checker=None,
         feature_extractor=None,
