@@ -6,6 +6,8 @@ Everything is derived from SLEEPWELL_* variables through app.settings.Settings.
 from __future__ import annotations
 
 import os
+import shutil
+from pathlib import Path
 from typing import Any
 
 from app.gunicorn_support import (
@@ -22,6 +24,7 @@ from app.settings import Settings
 
 _settings = Settings()
 _gpu_ids = visible_gpu_ids(_settings)
+_made_dirs: list[Path] = []
 
 wsgi_app = "app.main:create_app()"
 worker_class = "uvicorn_worker.UvicornWorker"
@@ -55,6 +58,16 @@ def on_starting(server: Any) -> None:
     metrics_dir, state_dir = prepare_metrics_dir(_settings), prepare_state_dir(_settings)
     server.log.info("metrics directory %s; state directory %s; GPUs %s; workers %d",
                     metrics_dir, state_dir, _gpu_ids or "none", workers)
+    # Directories we made ourselves (none configured) go away with the master.
+    if _settings.prometheus_multiproc_dir is None:
+        _made_dirs.append(metrics_dir)
+    if _settings.state_dir is None:
+        _made_dirs.append(state_dir)
+
+
+def on_exit(server: Any) -> None:
+    for directory in _made_dirs:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def pre_fork(server: Any, worker: Any) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -139,3 +140,4 @@ def gunicorn_server(
         yield server
     finally:
         server.stop()
+        shutil.rmtree(work, ignore_errors=True)
