@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from app.gunicorn_support import cpu_threads_per_worker  # noqa: E402
+from app.settings import Settings  # noqa: E402
 from bench.loadgen import print_table, run_load  # noqa: E402
 from tests.support.server import DEMO_MODEL_DIR, gunicorn_server  # noqa: E402
 
@@ -28,7 +29,6 @@ def direct_images_per_s(steps: int, seconds: float, threads: int | None) -> floa
 
     from app.demo_model import ensure_demo_model
     from app.model import load_model
-    from app.settings import Settings
 
     ensure_demo_model(DEMO_MODEL_DIR)
     model = load_model(Settings(demo_model_dir=DEMO_MODEL_DIR, device="cpu",
@@ -75,8 +75,12 @@ def main() -> None:
         rows.append([f"(a) direct loop, {threads} torch threads", "-", "-", f"{rate:.2f}", "-",
                      "-", "-", "-"])
         direct = max(direct, rate)
-    for label, concurrency, batch in (("(b) HTTP, 1 worker", 1, 1), ("(b) HTTP, 1 worker", 8, 1),
-                                      ("(c) HTTP, batching on", 8, 4)):
+    default_batch = Settings.model_fields["max_batch_size"].default
+    for label, concurrency, batch in (
+        ("(b) HTTP, 1 worker, defaults", 1, default_batch),
+        ("(b) HTTP, 1 worker, defaults", 8, default_batch),
+        ("(c) HTTP, batching off", 8, 1),
+    ):
         row = served(args.steps, args.seconds, concurrency, batch)
         ratio = float(str(row[2])) / direct
         rows.append([label, *row[:2], *row[2:], f"{ratio:.2f}"])
