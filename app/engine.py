@@ -119,31 +119,29 @@ class Engine:
         return old  # freed when the caller drops it; torch's allocator reuses the memory
 
     def run(self, jobs: list[Job]) -> list[Outcome]:
-        """Run a batch; on any failure of a merged batch, retry its requests one by one."""
+        """Run a batch; if a merged batch fails for any reason, run its requests one by one."""
         try:
-            return self._call(jobs)
-        except GenerationInterrupted:
-            return [Cancelled("generation stopped: nobody is waiting for it")] * len(jobs)
-        except torch.cuda.OutOfMemoryError as exc:
-            self._after_oom(exc, jobs)
-            if len(jobs) > 1:
-                return [self._run_alone(job) for job in jobs]
-            return [_oom_error()]
-        except Exception as exc:
-            if len(jobs) > 1:
+            if len(jobs) == 1:
+                return [self._run_alone(jobs[0])]
+            try:
+                return self._call(jobs)
+            except GenerationInterrupted:
+                return [_nobody_waiting()] * len(jobs)
+            except torch.cuda.OutOfMemoryError as exc:
+                self._after_oom(exc, jobs)
+            except Exception as exc:
                 logger.warning("batch of %d failed (%s); retrying one by one", len(jobs), exc)
-                return [self._run_alone(job) for job in jobs]
-            return [self._failed(jobs[0], exc)]
+            return [self._run_alone(job) for job in jobs]
         finally:
             self.progress.stop()
 
     def _run_alone(self, job: Job) -> Outcome:
         if job.abandoned():
-            return Cancelled("request abandoned before retry")
+            return _nobody_waiting()
         try:
             return self._call([job])[0]
         except GenerationInterrupted:
-            return Cancelled("generation stopped: nobody is waiting for it")
+            return _nobody_waiting()
         except torch.cuda.OutOfMemoryError as exc:
             self._after_oom(exc, [job])
             return _oom_error()
@@ -220,6 +218,10 @@ def _split(images: list[Any], jobs: list[Job]) -> list[Outcome]:
         offset += job.image_count
         job.finished_at = finished
     return outcomes
+
+
+def _nobody_waiting() -> SleepwellError:
+    return Cancelled("generation stopped: nobody is waiting for it")
 
 
 def _oom_error() -> SleepwellError:

@@ -48,12 +48,9 @@ def worker_count(settings: Settings, gpu_ids: list[str]) -> int:
 
 def free_slot(used: Iterable[int | None], slots: int) -> int:
     """The lowest slot no live worker holds: a respawned worker inherits its predecessor's."""
-    taken = {slot for slot in used if slot is not None}
-    for slot in range(slots):
-        if slot not in taken:
-            return slot
-    # More workers than slots (e.g. SLEEPWELL_WORKERS > GPUs): share round-robin.
-    return len(taken) % max(1, slots)
+    # More workers than slots (SLEEPWELL_WORKERS > GPUs) share: the least-used slot wins.
+    holders = [slot for slot in used if slot is not None]
+    return min(range(max(1, slots)), key=lambda slot: (holders.count(slot), slot))
 
 
 def worker_environment(

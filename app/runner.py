@@ -33,18 +33,19 @@ _DEFAULT_RUN_SECONDS = 2.0
 _EWMA_WEIGHT = 0.3
 
 
+# Refusals that cost no GPU time and say nothing about the worker's health.
+_REJECTIONS = {"queue_full", "draining", "shutting_down"}
+
+
 def status_of(outcome: Outcome) -> str:
+    """The image_generation_total status of a request's final answer."""
     if not isinstance(outcome, SleepwellError):
         return "success"
     if isinstance(outcome, DeadlineExceeded):
         return "timeout"
     if isinstance(outcome, Cancelled):
         return "cancelled"
-    if isinstance(outcome, (InferenceFailed,)) or outcome.code == "out_of_memory":
-        return "failed"
-    if isinstance(outcome, (QueueFull, ServiceUnavailable)):
-        return "rejected"
-    return "failed"
+    return "rejected" if outcome.code in _REJECTIONS else "failed"  # OOM, stall, errors
 
 
 class Runner:
@@ -154,7 +155,7 @@ class Runner:
         """Answer queued jobs whose deadline passed; True if any job is left."""
         now = time.monotonic()
         for job in [job for job in self.queue if job.future.done() or now >= job.deadline]:
-            self.cancel(job, DeadlineExceeded(_deadline_message(job)))
+            self.cancel(job, deadline_exceeded(job))
         return bool(self.queue)
 
     async def _execute(self, batch: list[Job]) -> None:
@@ -203,6 +204,9 @@ class Runner:
                 await self._task
 
 
-def _deadline_message(job: Job) -> str:
-    waited = time.monotonic() - job.arrived_at
-    return f"The request did not finish within its deadline ({waited:.1f}s spent, most queued)."
+def deadline_exceeded(job: Job) -> DeadlineExceeded:
+    """The one answer for a request whose deadline passed, queued or running."""
+    return DeadlineExceeded(
+        f"The request did not finish within {job.deadline - job.arrived_at:.0f}s "
+        "(SLEEPWELL_REQUEST_TIMEOUT_S)."
+    )

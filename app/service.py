@@ -23,6 +23,7 @@ from app.errors import ServiceUnavailable, SleepwellError
 from app.health import SERVING_STATES, Health, WorkerState
 from app.model import LoadedModel
 from app.model_swap import DesiredModelStore, ModelSwapper
+from app.runner import Runner
 from app.settings import DeviceChoice, Settings
 
 logger = logging.getLogger("sleepwell.service")
@@ -33,8 +34,6 @@ _RECONCILE_PERIOD_S = 1.0
 
 class Service:
     def __init__(self, settings: Settings) -> None:
-        from app.runner import Runner
-
         self.settings = settings
         self.engine = Engine(settings)
         self.thread = InferenceThread()
@@ -192,8 +191,7 @@ class Service:
         self.health.facts.last_error = f"{streak} consecutive failures; recycling the worker"
         logger.error("recycling worker after %d consecutive failures", streak)
         self.begin_drain()
-        _exit_soon(self.settings.graceful_timeout_s + 5)
-        os.kill(os.getpid(), signal.SIGTERM)
+        self._exit_for_replacement()
 
     async def _replace_stalled_worker(self) -> None:
         reason = self.health.unready_reasons()
@@ -206,12 +204,14 @@ class Service:
         # Keep reporting the stall on /health/live for a moment, then let gunicorn respawn us.
         await asyncio.sleep(self.settings.stall_exit_delay_s)
         self.engine.faults.release()
-        _exit_soon(self.settings.graceful_timeout_s + 5)
+        self._exit_for_replacement()
+
+    def _exit_for_replacement(self) -> None:
+        """Shut down gracefully (SIGTERM to ourselves) so gunicorn spawns a fresh worker.
+
+        A timer backs it up: a wedged inference thread must never keep this process alive.
+        """
+        timer = threading.Timer(self.settings.graceful_timeout_s + 5, os._exit, args=(70,))
+        timer.daemon = True
+        timer.start()
         os.kill(os.getpid(), signal.SIGTERM)
-
-
-def _exit_soon(after_s: float) -> None:
-    """Backstop: a wedged thread must never keep a replaced worker alive."""
-    timer = threading.Timer(after_s, os._exit, args=(70,))
-    timer.daemon = True
-    timer.start()

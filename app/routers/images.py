@@ -14,7 +14,7 @@ from app.deps import RequestIdDep, ServiceDep
 from app.encoding import encode_images
 from app.errors import Cancelled, DeadlineExceeded
 from app.jobs import Job
-from app.runner import Runner
+from app.runner import Runner, deadline_exceeded
 from app.schemas import ImageData, ImageGenerationRequest, ImageGenerationResponse
 
 router = APIRouter(tags=["images"])
@@ -61,16 +61,9 @@ async def wait_for_images(runner: Runner, job: Job, request: Request) -> list[An
     if disconnected.done() and not disconnected.cancelled():
         error: Cancelled | DeadlineExceeded = Cancelled("The client disconnected.")
     else:
-        error = DeadlineExceeded(
-            f"The request did not finish within {runner_timeout(job):.0f}s "
-            "(SLEEPWELL_REQUEST_TIMEOUT_S)."
-        )
+        error = deadline_exceeded(job)
     runner.cancel(job, error)
     raise error
-
-
-def runner_timeout(job: Job) -> float:
-    return job.deadline - job.arrived_at
 
 
 async def _client_disconnected(request: Request) -> None:
