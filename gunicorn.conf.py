@@ -10,7 +10,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from app.gunicorn_support import (
+from app.observability.logging_setup import gunicorn_logconfig
+from app.security.protected_mode import enforce_protected_mode
+from app.serving.gunicorn_support import (
     free_slot,
     prepare_metrics_dir,
     prepare_state_dir,
@@ -18,8 +20,6 @@ from app.gunicorn_support import (
     worker_count,
     worker_environment,
 )
-from app.logging_setup import gunicorn_logconfig
-from app.security import enforce_protected_mode
 from app.settings import Settings
 
 _settings = Settings()
@@ -44,7 +44,7 @@ max_requests = _settings.max_requests
 max_requests_jitter = _settings.max_requests_jitter
 control_socket_disable = True
 loglevel = _settings.log_level
-# Off: app/access_log.py writes one JSON line per request, with the request id.
+# Off: app/observability/access_log.py writes one JSON line per request, with the request id.
 accesslog = None
 errorlog = "-"
 # gunicorn's own lines (master and workers) in the app's JSON format.

@@ -13,15 +13,16 @@ from fastapi.middleware.cors import CORSMiddleware
 from prometheus_fastapi_instrumentator import Instrumentator
 
 from app import __version__
-from app.access_log import AccessLogMiddleware
+from app.api.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
+from app.api.openapi import install_openapi
+from app.api.routers import admin, health, images, metrics, models
 from app.errors import install_error_handlers
-from app.guard import GuardMiddleware
-from app.logging_setup import configure_logging
-from app.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
-from app.openapi import install_openapi
-from app.routers import admin, health, images, metrics, models
-from app.security import cors_options, enforce_protected_mode
-from app.service import Service
+from app.observability.access_log import AccessLogMiddleware
+from app.observability.logging_setup import configure_logging
+from app.security.cors import cors_options
+from app.security.guard import GuardMiddleware
+from app.security.protected_mode import enforce_protected_mode
+from app.serving.service import Service
 from app.settings import Settings
 
 logger = logging.getLogger("sleepwell")

@@ -300,7 +300,7 @@ def wait_ready(url: str, deadline: float, alive: Callable[[], bool] | None = Non
 
 
 def measure_loop(runs: int, unit: Path, workers: int, log_dir: Path) -> list[Row]:
-    from app.demo_model import ensure_demo_model
+    from app.serving.demo_model import ensure_demo_model
 
     ensure_demo_model(DEMO_MODEL_DIR)
     policy = parse_unit(unit)

@@ -17,7 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from app.gunicorn_support import cpu_threads_per_worker  # noqa: E402
+from app.serving.gunicorn_support import cpu_threads_per_worker  # noqa: E402
 from app.settings import Settings  # noqa: E402
 from bench.loadgen import print_table, run_load  # noqa: E402
 from tests.support.server import DEMO_MODEL_DIR, gunicorn_server  # noqa: E402
@@ -27,8 +27,8 @@ def direct_images_per_s(steps: int, seconds: float, threads: int | None) -> floa
     """(a) The pipeline in a plain loop, loaded through the service's own loader."""
     import torch
 
-    from app.demo_model import ensure_demo_model
-    from app.model import load_model
+    from app.serving.demo_model import ensure_demo_model
+    from app.serving.model import load_model
 
     ensure_demo_model(DEMO_MODEL_DIR)
     model = load_model(Settings(demo_model_dir=DEMO_MODEL_DIR, device="cpu",

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from app.demo_model import ensure_demo_model
+from app.serving.demo_model import ensure_demo_model
 from tests.support.server import DEMO_MODEL_DIR
 
 

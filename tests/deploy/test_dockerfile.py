@@ -164,7 +164,7 @@ def test_dockerfile_cmd_runs_gunicorn_with_the_config() -> None:
 def test_dockerfile_model_chmod_makes_0600_weights_readable(tmp_path: Path) -> None:
     """Run the Dockerfile's own chmod on a tree saved the way safetensors can save it."""
     (run,) = [ins.args for ins in dockerfile_instructions()
-              if ins.keyword == "RUN" and "app.demo_model" in ins.args]
+              if ins.keyword == "RUN" and "app.serving.demo_model" in ins.args]
     match = re.search(r"chmod (-R \S+) (\S+)", run)
     assert match, run
     tree = tmp_path / "model"

@@ -1,0 +1,29 @@
+"""Shared objects for routers, handed out through ``Annotated[..., Depends(...)]``."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from app.serving.service import Service
+from app.settings import Settings
+
+
+def get_service(request: Request) -> Service:
+    service: Service = request.app.state.service
+    return service
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_request_id(request: Request) -> str:
+    return str(getattr(request.state, "request_id", "-"))
+
+
+ServiceDep = Annotated[Service, Depends(get_service)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+RequestIdDep = Annotated[str, Depends(get_request_id)]

@@ -1,0 +1,147 @@
+"""Pure-ASGI middleware: request ids and the body size limit (auth: app/security/guard.py).
+
+Pure ASGI rather than BaseHTTPMiddleware, so ``receive`` keeps delivering the client's
+``http.disconnect``, which is how a generation learns that nobody is waiting any more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import uuid
+from collections.abc import MutableMapping
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.errors import PayloadTooLarge, RequestTimeout, SleepwellError, json_error_bytes
+
+_SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", []):
+        if key.lower() == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
+class RequestIdMiddleware:
+    """Take X-Request-ID from the client when it is sane, else make one; echo it back."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = _header(scope, b"x-request-id")
+        request_id = incoming if incoming and _SAFE_REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        state: MutableMapping[str, Any] = scope.setdefault("state", {})
+        state["request_id"] = request_id
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [(k, v) for k, v in message.get("headers", []) if k != b"x-request-id"]
+                headers.append((b"x-request-id", request_id.encode()))
+                message["headers"] = headers
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+
+class BodySizeLimitMiddleware:
+    """Refuse bodies over the limit with 413, by Content-Length or while streaming; and
+    bodies that take longer than ``body_timeout_s`` to arrive with 408 (slowloris), counted
+    from the request's start. Once the body is complete, ``receive`` is left alone: the
+    images handler waits on it for the client's disconnect, however long a generation runs.
+    """
+
+    def __init__(
+        self, app: ASGIApp, max_body_bytes: int, body_timeout_s: float | None = None
+    ) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+        self.body_timeout_s = body_timeout_s
+
+    def too_large(self) -> PayloadTooLarge:
+        return PayloadTooLarge(
+            f"The request body is larger than {self.max_body_bytes} bytes "
+            "(SLEEPWELL_MAX_BODY_BYTES)."
+        )
+
+    def too_slow(self) -> RequestTimeout:
+        return RequestTimeout(
+            f"The request body did not arrive within {self.body_timeout_s:g}s "
+            "(SLEEPWELL_BODY_TIMEOUT_S)."
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = _header(scope, b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+            await self._refuse(send, self.too_large())
+            return
+        body = _BodyWatch(self, receive)
+
+        async def answering_send(message: Message) -> None:
+            # FastAPI turns any error raised while reading the body into its own 400; the
+            # client gets the real reason (413 or 408) instead.
+            if body.refusal is None:
+                await send(message)
+            elif message["type"] == "http.response.start":
+                await self._refuse(send, body.refusal)
+
+        await self.app(scope, body.receive, answering_send)
+
+    async def _refuse(self, send: Send, error: SleepwellError) -> None:
+        await send_error(send, error, [(b"connection", b"close")])
+
+
+class _BodyWatch:
+    """One request's body: bytes so far, whether it is complete, and why it was refused."""
+
+    def __init__(self, limits: BodySizeLimitMiddleware, receive: Receive) -> None:
+        self.limits = limits
+        self._receive = receive
+        self.received = 0
+        self.complete = False
+        self.refusal: SleepwellError | None = None
+        self._loop = asyncio.get_running_loop()
+        self._deadline = self._loop.time() + (limits.body_timeout_s or 0.0)
+
+    async def receive(self) -> Message:
+        if self.complete or self.limits.body_timeout_s is None:
+            message = await self._receive()
+        else:
+            remaining = max(0.0, self._deadline - self._loop.time())
+            try:
+                message = await asyncio.wait_for(self._receive(), remaining)
+            except TimeoutError:
+                raise self._refuse(self.limits.too_slow()) from None
+        if message["type"] == "http.request":
+            self.received += len(message.get("body", b""))
+            if self.received > self.limits.max_body_bytes:
+                raise self._refuse(self.limits.too_large())
+            self.complete = not message.get("more_body", False)
+        return message
+
+    def _refuse(self, error: SleepwellError) -> SleepwellError:
+        self.refusal = error
+        return error
+
+
+async def send_error(
+    send: Send, error: SleepwellError, extra_headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    """Answer in the OpenAI error shape from pure-ASGI middleware, before FastAPI runs."""
+    body = json_error_bytes(error)
+    headers = [(b"content-type", b"application/json"),
+               (b"content-length", str(len(body)).encode())]
+    headers += [(name.lower().encode(), value.encode()) for name, value in error.headers().items()]
+    headers += extra_headers or []
+    await send({"type": "http.response.start", "status": error.status_code, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

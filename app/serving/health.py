@@ -1,0 +1,133 @@
+"""The worker's health as an explicit state, and the three views of it the API serves.
+
+Every check reads facts that are already in memory (heartbeat, load status, last GPU probe),
+so health answers in microseconds however busy the GPU is, and never raises.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from app import __version__
+from app.serving.engine import Engine
+from app.serving.gpu import GpuSnapshot
+from app.serving.runner import Runner
+from app.settings import Settings
+
+
+class WorkerState(StrEnum):
+    STARTING = "starting"  # model loading or warming up
+    READY = "ready"  # idle, can take work
+    BUSY = "busy"  # generating, steps progressing
+    DEGRADED = "degraded"  # failure streak or failed GPU probe: alive but not trusted
+    DRAINING = "draining"  # shutting down, finishing what it has
+    FAILED = "failed"  # model could not be loaded
+    STALLED = "stalled"  # a generation stopped making step progress: about to be replaced
+
+
+SERVING_STATES = frozenset({WorkerState.READY, WorkerState.BUSY})
+
+
+@dataclass
+class HealthFacts:
+    started_at: float = field(default_factory=time.monotonic)
+    started_at_wall: float = field(default_factory=time.time)
+    loading: bool = True
+    load_error: str | None = None
+    draining: bool = False
+    gpu: GpuSnapshot | None = None  # None: CPU deployment, not applicable
+    gpu_required: bool = False
+    last_error: str | None = None
+    swap_error: str | None = None
+
+
+class Health:
+    def __init__(self, settings: Settings, engine: Engine, runner: Runner) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.runner = runner
+        self.facts = HealthFacts()
+
+    def stalled(self) -> bool:
+        return self.engine.progress.seconds_since_progress() > self.settings.stall_timeout_s
+
+    def state(self) -> WorkerState:
+        if self.stalled():
+            return WorkerState.STALLED
+        if self.facts.draining:
+            return WorkerState.DRAINING
+        if self.facts.load_error is not None:
+            return WorkerState.FAILED
+        if self.facts.loading or self.engine.model is None:
+            return WorkerState.STARTING
+        if self.unready_reasons():
+            return WorkerState.DEGRADED
+        return WorkerState.BUSY if self.engine.progress.running else WorkerState.READY
+
+    def unready_reasons(self) -> list[str]:
+        facts = self.facts
+        reasons: list[str] = []
+        if facts.load_error is not None:
+            reasons.append(f"model failed to load: {facts.load_error}")
+        elif facts.loading or self.engine.model is None:
+            reasons.append("model is loading")
+        if facts.draining:
+            reasons.append("worker is draining")
+        if self.stalled():
+            reasons.append(self._stall_reason())
+        streak, limit = self.runner.failure_streak, self.settings.failure_streak_limit
+        if streak >= limit:
+            reasons.append(f"{streak} consecutive inference failures (limit {limit})")
+        if facts.gpu is not None and not facts.gpu.ok:
+            reasons.append(facts.gpu.error or "GPU probe failed")
+        return reasons
+
+    def _stall_reason(self) -> str:
+        silent = self.engine.progress.seconds_since_progress()
+        limit = self.settings.stall_timeout_s
+        return f"no denoising step completed for {silent:.1f}s (stall timeout {limit:g}s)"
+
+    def liveness(self) -> tuple[bool, dict[str, Any]]:
+        if self.stalled():
+            return False, {"status": "stalled", "reason": self._stall_reason()}
+        return True, {"status": "alive", "state": self.state().value}
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        reasons = self.unready_reasons()
+        body: dict[str, Any] = {"status": "ready" if not reasons else "unready"}
+        body["state"] = self.state().value
+        if reasons:
+            body["reasons"] = reasons
+        return not reasons, body
+
+    def report(self) -> tuple[bool, dict[str, Any]]:
+        """The deep report, in the widely used {status, checks, gpu_memory} shape."""
+        reasons = self.unready_reasons()
+        gpu = self.facts.gpu
+        gpu_check = None if gpu is None and not self.facts.gpu_required else bool(gpu and gpu.ok)
+        model = self.engine.model
+        healthy = not reasons and gpu_check is not False
+        body = {
+            "status": "healthy" if healthy else "unhealthy",
+            "checks": {"api": True, "model": model is not None and not self.facts.loading,
+                       "gpu": gpu_check},
+            "gpu_memory": gpu.memory_report() if gpu is not None and gpu.ok else None,
+            "state": self.state().value,
+            "reasons": reasons,
+            "uptime_s": round(time.monotonic() - self.facts.started_at, 3),
+            "model": model.name if model else self.settings.served_model_name,
+            "model_source": model.source if model else None,
+            "device": str(model.device) if model else None,
+            "version": __version__,
+            "queue_depth": len(self.runner.queue),
+            "inflight": len(self.runner.inflight),
+            "failure_streak": self.runner.failure_streak,
+            "last_error": self.facts.last_error or self.facts.load_error,
+            "last_swap_error": self.facts.swap_error,
+            "worker": {"pid": os.getpid(), "slot": self.settings.worker_slot},
+        }
+        return healthy, body

@@ -1,0 +1,133 @@
+"""Choosing a device and dtype, and loading any diffusers text-to-image pipeline."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from app.errors import SleepwellError
+from app.serving.demo_model import ensure_demo_model
+from app.settings import DeviceChoice, DtypeChoice, Settings
+
+logger = logging.getLogger("sleepwell.model")
+
+_DTYPES = {
+    DtypeChoice.FLOAT32: torch.float32,
+    DtypeChoice.FLOAT16: torch.float16,
+    DtypeChoice.BFLOAT16: torch.bfloat16,
+}
+
+
+class ModelLoadError(SleepwellError):
+    status_code = 503
+    error_type = "service_unavailable"
+    code = "model_load_failed"
+
+
+class DeviceUnavailable(ModelLoadError):
+    code = "device_unavailable"
+
+
+def resolve_device(choice: DeviceChoice) -> torch.device:
+    if choice is DeviceChoice.CPU:
+        return torch.device("cpu")
+    if torch.cuda.is_available():
+        # Each worker sees exactly one GPU (CUDA_VISIBLE_DEVICES is set per slot).
+        return torch.device("cuda", 0)
+    if choice is DeviceChoice.CUDA:
+        raise DeviceUnavailable("SLEEPWELL_DEVICE=cuda but no usable CUDA device is visible")
+    return torch.device("cpu")
+
+
+def resolve_dtype(choice: DtypeChoice, device: torch.device) -> torch.dtype:
+    if choice is not DtypeChoice.AUTO:
+        return _DTYPES[choice]
+    # fp16 halves memory and doubles speed on GPUs; CPUs lack fast fp16 kernels.
+    return torch.float16 if device.type == "cuda" else torch.float32
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    pipeline: Any
+    name: str
+    source: str
+    device: torch.device
+    dtype: torch.dtype
+    native_width: int
+    native_height: int
+    load_seconds: float
+    vram_budget_bytes: int | None = None  # None: not a GPU, or no budget applies
+
+
+def model_source(settings: Settings) -> str:
+    if settings.model is None:
+        return str(ensure_demo_model(settings.demo_model_dir))
+    return settings.model
+
+
+def native_size(pipeline: Any) -> tuple[int, int]:
+    unet = getattr(pipeline, "unet", None) or getattr(pipeline, "transformer", None)
+    sample_size = getattr(getattr(unet, "config", None), "sample_size", None) or 64
+    if isinstance(sample_size, (list, tuple)):
+        sample_size = sample_size[0]
+    scale = int(getattr(pipeline, "vae_scale_factor", 8))
+    side = int(sample_size) * scale
+    return side, side
+
+
+def load_model(settings: Settings) -> LoadedModel:
+    """Load, move to the device and warm up. Runs on the inference thread, never the loop."""
+    from diffusers import AutoPipelineForText2Image
+
+    started = time.monotonic()
+    if settings.torch_threads is not None:
+        # More threads than cores (several workers on one box) makes OpenMP spin-wait for
+        # descheduled threads: every step slows down many times over.
+        torch.set_num_threads(settings.torch_threads)
+    device = resolve_device(settings.device)
+    dtype = resolve_dtype(settings.dtype, device)
+    source = model_source(settings)
+    logger.info("loading model %s on %s as %s", source, device, dtype)
+    try:
+        pipeline = AutoPipelineForText2Image.from_pretrained(source, dtype=dtype)
+    except Exception as exc:  # diffusers raises many types for a bad path or id
+        kind = "directory" if Path(source).exists() else "path or hub id"
+        raise ModelLoadError(f"could not load model {kind} {source!r}: {exc}") from exc
+    pipeline = pipeline.to(device)
+    pipeline.set_progress_bar_config(disable=True)
+    width, height = native_size(pipeline)
+    if settings.warmup:
+        _warm_up(pipeline, width, height)
+    return LoadedModel(
+        vram_budget_bytes=_vram_budget(settings, device),
+        pipeline=pipeline,
+        name=settings.served_model_name,
+        source=source,
+        device=device,
+        dtype=dtype,
+        native_width=width,
+        native_height=height,
+        load_seconds=time.monotonic() - started,
+    )
+
+
+def _vram_budget(settings: Settings, device: torch.device) -> int | None:
+    if device.type != "cuda":
+        return None
+    if settings.vram_budget_gb is not None:
+        return int(settings.vram_budget_gb * 1024**3)
+    free, _total = torch.cuda.mem_get_info(device)
+    return int(free * 0.9)  # after load and warm-up; keep 10% for fragmentation
+
+
+def _warm_up(pipeline: Any, width: int, height: int) -> None:
+    # The first call pays for kernel selection and allocator growth; do it before READY.
+    started = time.monotonic()
+    with torch.inference_mode():
+        pipeline(prompt="warm-up", width=width, height=height, num_inference_steps=2)
+    logger.info("warm-up generation took %.2fs", time.monotonic() - started)

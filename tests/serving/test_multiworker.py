@@ -1,0 +1,121 @@
+"""Two real gunicorn workers: exact aggregated metrics, respawn with slot reuse, drain."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.support.scrape import value
+from tests.support.server import RunningServer, gunicorn_server
+
+GENERATE = "/v1/images/generations"
+BODY = {"prompt": "two workers", "size": "64x64"}
+
+
+@pytest.fixture(scope="module")
+def pair() -> Iterator[RunningServer]:
+    with gunicorn_server({"SLEEPWELL_FAULT_INJECTION": "true"}, workers=2) as running:
+        yield running
+
+
+def send(server: RunningServer, count: int, body: dict[str, object] | None = None) -> list[int]:
+    with ThreadPoolExecutor(4) as pool:
+        futures = [
+            pool.submit(httpx.post, server.url + GENERATE, json=body or BODY, timeout=60)
+            for _ in range(count)
+        ]
+        return [future.result().status_code for future in futures]
+
+
+def scrapes(server: RunningServer, times: int) -> list[str]:
+    # New connection each time, so gunicorn hands the scrape to either worker.
+    return [httpx.get(server.url + "/metrics", headers={"connection": "close"}).text
+            for _ in range(times)]
+
+
+def slots_by_pid(log: str) -> dict[int, int]:
+    return {int(pid): int(slot) for pid, slot in re.findall(r"worker (\d+) has slot (\d+)", log)}
+
+
+def wait_for(predicate, timeout: float, period: float = 0.2) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(period)
+    return False
+
+
+def test_metrics_two_workers_every_scrape_shows_exact_totals(pair) -> None:
+    assert send(pair, 20) == [200] * 20
+    for text in scrapes(pair, 10):
+        assert value(text, "image_generation_total", status="success") == 20
+        assert value(text, "images_generated_total") == 20
+        assert value(text, "image_generation_latency_seconds_count") == 20
+        assert value(text, "image_generation_queue_depth") == 0
+        assert value(text, "model_ready") == 2  # one series per live worker, never double
+    served_by = {entry["pid"] for entry in access_lines(pair.log())
+                 if entry["path"] == "/v1/images/generations"}
+    assert len(served_by) >= 2
+
+
+def access_lines(log: str) -> list[dict[str, Any]]:
+    """The JSON line app/observability/access_log.py writes per request."""
+    lines = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+    return [line for line in lines if line.get("logger") == "sleepwell.access"]
+
+
+def test_metrics_exposition_passes_promtool_check(pair) -> None:
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool missing: .ci/run installs Debian's prometheus package"
+    text = httpx.get(pair.url + "/metrics").text
+    result = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True,
+                            text=True, timeout=30)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_worker_kill9_respawns_in_same_slot_and_counts_survive(pair) -> None:
+    before = value(scrapes(pair, 1)[0], "image_generation_total", status="success")
+    old_pids = pair.worker_pids()
+    slots = slots_by_pid(pair.log())
+    victim = old_pids[0]
+    os.kill(victim, signal.SIGKILL)
+    started = time.monotonic()
+    assert wait_for(lambda: len(set(pair.worker_pids()) - set(old_pids)) == 1, 30)
+    newcomer = (set(pair.worker_pids()) - set(old_pids)).pop()
+    assert wait_for(lambda: newcomer in pair.ready_worker_pids(), 60)
+    print(f"worker respawned and ready in {time.monotonic() - started:.2f}s")
+    assert slots_by_pid(pair.log())[newcomer] == slots[victim]
+    for text in scrapes(pair, 6):
+        assert value(text, "image_generation_total", status="success") == before
+        assert value(text, "model_ready") == 2
+    assert send(pair, 6) == [200] * 6
+    for text in scrapes(pair, 6):
+        assert value(text, "image_generation_total", status="success") == before + 6
+
+
+def test_shutdown_sigterm_finishes_inflight_and_queued_work(demo_model_dir) -> None:
+    slow = {"prompt": "[[slow=0.1]] finishing", "size": "64x64", "num_inference_steps": 10}
+    with gunicorn_server({"SLEEPWELL_FAULT_INJECTION": "true"}, workers=2) as server:
+        with ThreadPoolExecutor(6) as pool:
+            futures = [pool.submit(httpx.post, server.url + GENERATE, json=slow, timeout=60)
+                       for _ in range(6)]
+            time.sleep(0.7)  # all six are accepted: running or queued
+            server.process.send_signal(signal.SIGTERM)
+            statuses = [future.result().status_code for future in futures]
+        exit_code = server.process.wait(30)
+        log = server.log()
+    assert statuses == [200] * 6
+    assert exit_code == 0
+    assert "draining: refusing new work" in log
