@@ -17,14 +17,17 @@ from app.serving.gunicorn_support import (
     prepare_metrics_dir,
     prepare_state_dir,
     visible_gpu_ids,
+    wait_with_heartbeat,
     worker_count,
     worker_environment,
 )
+from app.serving.respawn import EXIT_ALL_LOADS_FAILED, RespawnPolicy
 from app.settings import Settings
 
 _settings = Settings()
 _gpu_ids = visible_gpu_ids(_settings)
 _made_dirs: list[Path] = []
+_state_dir: list[Path] = []  # set in on_starting
 
 wsgi_app = "app.main:create_app()"
 worker_class = "uvicorn_worker.UvicornWorker"
@@ -33,6 +36,12 @@ bind = [_settings.bind]
 # long before gunicorn opens a socket (on_starting checks again, after command-line flags).
 enforce_protected_mode(_settings, bind)
 workers = worker_count(_settings, _gpu_ids)
+# Workers whose model fails to load exit; their slot is respawned with a backoff, and the
+# master exits (status 4) once every slot has failed SLEEPWELL_LOAD_ATTEMPTS times in a row.
+_respawn = RespawnPolicy(
+    workers=workers, attempts=_settings.load_attempts,
+    first_backoff_s=_settings.load_backoff_s, max_backoff_s=60.0,
+)
 # CUDA must not be initialised before fork: each worker loads its own model copy.
 preload_app = False
 # The model loads in the background after startup, so the heartbeat timeout only has to
@@ -63,6 +72,7 @@ def on_starting(server: Any) -> None:
         _made_dirs.append(metrics_dir)
     if _settings.state_dir is None:
         _made_dirs.append(state_dir)
+    _state_dir.append(state_dir)
 
 
 def on_exit(server: Any) -> None:
@@ -73,16 +83,29 @@ def on_exit(server: Any) -> None:
 def pre_fork(server: Any, worker: Any) -> None:
     used = [getattr(other, "sleepwell_slot", None) for other in server.WORKERS.values()]
     worker.sleepwell_slot = free_slot(used, max(workers, len(_gpu_ids)))
+    worker.sleepwell_backoff_s = _respawn.backoff_s(worker.sleepwell_slot)
 
 
 def post_fork(server: Any, worker: Any) -> None:
     os.environ.update(worker_environment(worker.sleepwell_slot, _gpu_ids, _settings, workers))
     server.log.info("worker %s has slot %s (GPU %s)", worker.pid, worker.sleepwell_slot,
                     os.environ.get("CUDA_VISIBLE_DEVICES", "none"))
+    if worker.sleepwell_backoff_s > 0:
+        # Not accepting yet, so out of the rotation; heartbeats keep gunicorn from killing us.
+        server.log.warning("worker %s waits %.1fs before loading: the last load in slot %s "
+                           "failed", worker.pid, worker.sleepwell_backoff_s,
+                           worker.sleepwell_slot)
+        wait_with_heartbeat(worker.sleepwell_backoff_s, worker.notify)
 
 
 def child_exit(server: Any, worker: Any) -> None:
+    from gunicorn.errors import HaltServer
     from prometheus_client import multiprocess
 
     # Drops the dead worker's live gauges; its counters stay, so totals never go backwards.
     multiprocess.mark_process_dead(worker.pid)
+    _respawn.worker_exited(_state_dir[0] if _state_dir else None,
+                           getattr(worker, "sleepwell_slot", None), worker.pid)
+    reason = _respawn.give_up_reason()
+    if reason is not None:
+        raise HaltServer(reason, EXIT_ALL_LOADS_FAILED)

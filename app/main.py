@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import signal
 from collections.abc import AsyncIterator, Callable
@@ -70,14 +71,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 def _drain_on_sigterm(service: Service) -> Callable[[], None]:
-    """Turn unready the moment SIGTERM arrives, before uvicorn starts its own shutdown."""
+    """On SIGTERM, schedule the drain on the loop; uvicorn's own handler still runs.
+
+    The handler only hands a callback to the loop: signal handlers run between any two
+    bytecodes, so doing work here (metrics take a non-reentrant lock) could deadlock.
+    """
+    loop = asyncio.get_running_loop()
     try:
         previous = signal.getsignal(signal.SIGTERM)
     except ValueError:
         return lambda: None
 
     def on_sigterm(signum: int, frame: Any) -> None:
-        service.begin_drain()
+        loop.call_soon_threadsafe(service.request_shutdown)
         if callable(previous):
             previous(signum, frame)
 
@@ -94,4 +100,3 @@ def _drain_on_sigterm(service: Service) -> Callable[[], None]:
             pass
 
     return restore
-

@@ -90,6 +90,13 @@ class Settings(BaseSettings):
     load_wait_s: float = Field(
         30.0, ge=0, description="a request arriving while the model loads waits this long"
     )
+    load_attempts: int = Field(
+        3, ge=1, description="failed loads in a row per worker slot; when every slot has "
+        "failed this often, the master exits (status 4)"
+    )
+    load_backoff_s: float = Field(
+        2.0, ge=0, description="wait before reloading a slot whose load failed; doubles"
+    )
 
     # --- batching ----------------------------------------------------------------------
     # Measured with bench/throughput.py on CPU (64x64, 4 steps, concurrency 8): 8.76
@@ -104,7 +111,7 @@ class Settings(BaseSettings):
     health_check_timeout_s: float = Field(0.5, gt=0)
     exit_on_stall: bool = True
     stall_exit_delay_s: float = Field(
-        3.0, ge=0, description="keep reporting a stall this long before exiting"
+        1.0, ge=0, description="keep reporting a stall this long before exiting"
     )
     recycle_on_failure_streak: bool = Field(
         True, description="after the failure streak, drain and exit so gunicorn respawns us"
@@ -113,6 +120,10 @@ class Settings(BaseSettings):
     # --- testing -----------------------------------------------------------------------
     fault_injection: bool = Field(
         False, description="honour [[fault]] markers in prompts; for tests, never production"
+    )
+    fault_load_failure_slots: str | None = Field(
+        None, description="with fault_injection: comma-separated worker slots whose model "
+        "load fails"
     )
 
     # --- secrets (hardening) ----------------------------------------------------------

@@ -23,6 +23,9 @@ from prometheus_client import multiprocess as _multiprocess
 
 LATENCY_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 45, 60, 90, 120)
 QUEUE_WAIT_BUCKETS_S = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+# Refusals are answered in milliseconds, generations in seconds: one histogram covers both.
+ANSWER_BUCKETS_S = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 7.5, 10, 15, 20,
+                    30, 45, 60, 90, 120)
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 32)
 
 REQUEST_STATUSES = ("success", "failed", "rejected", "timeout", "cancelled")
@@ -37,9 +40,18 @@ LATENCY = Histogram(
     "Seconds from arrival to answer for successful image-generation requests.",
     buckets=LATENCY_BUCKETS_S,
 )
+ANSWER_SECONDS = Histogram(
+    "image_generation_answer_seconds",
+    "Seconds from arrival to the final answer of every image-generation request, by its "
+    "status: what clients felt, refusals and timeouts included.",
+    ["status"],
+    buckets=ANSWER_BUCKETS_S,
+)
 QUEUE_WAIT = Histogram(
     "image_generation_queue_wait_seconds",
-    "Seconds a request waited in the queue before its pipeline call began.",
+    "Seconds a request waited in the queue: until its pipeline call began (dispatched) or "
+    "until it left the queue unrun (abandoned: deadline passed or client gone).",
+    ["outcome"],
     buckets=QUEUE_WAIT_BUCKETS_S,
 )
 BATCH_SIZE = Histogram(
@@ -58,6 +70,9 @@ INFLIGHT = Gauge(
     multiprocess_mode="livesum",
 )
 IMAGES = Counter("images_generated", "Images returned to clients.")
+MODEL_LOAD_FAILURES = Counter(
+    "model_load_failures", "Model loads that failed; each one made its worker exit."
+)
 STEPS = Counter("inference_steps", "Denoising steps completed, including cancelled runs.")
 CUDA_OOM = Counter("cuda_oom", "CUDA out-of-memory errors caught at the pipeline boundary.")
 MODEL_READY = Gauge(
@@ -121,3 +136,6 @@ def initialise_request_series() -> None:
     """Publish zeroes for every status so rate() and alert rules see the series at once."""
     for status in REQUEST_STATUSES:
         GENERATIONS.labels(status=status)
+        ANSWER_SECONDS.labels(status=status)
+    for outcome in ("dispatched", "abandoned"):
+        QUEUE_WAIT.labels(outcome=outcome)

@@ -8,6 +8,7 @@ import time
 
 from app.api.schemas import MAX_SEED, ImageGenerationRequest, parse_size
 from app.errors import InvalidRequest, ModelNotFound
+from app.serving.budget import MemoryBudget
 from app.serving.generation import Generation, GenerationParams
 from app.serving.model import LoadedModel
 from app.settings import Settings
@@ -65,27 +66,35 @@ def _check_ranges(body: ImageGenerationRequest, settings: Settings) -> None:
 
 
 def check_budget(
-    width: int, height: int, n: int, settings: Settings, vram_budget_bytes: int | None
+    width: int, height: int, n: int, settings: Settings, budget: MemoryBudget | None = None
 ) -> None:
-    """Refuse, before it reaches the GPU, a request that cannot fit the configured budgets."""
+    """Refuse, before it reaches the GPU, a request that cannot fit the budgets."""
     pixels = width * height * n
+    param = "n" if n > 1 else "size"
     if pixels > settings.max_request_pixels:
         raise InvalidRequest(
             f"{n} image(s) of {width}x{height} is {pixels} pixels; one request may ask for at "
             f"most {settings.max_request_pixels} (SLEEPWELL_MAX_REQUEST_PIXELS). "
             "Ask for fewer or smaller images.",
-            param="n" if n > 1 else "size",
+            param=param,
         )
-    if vram_budget_bytes is None:
+    if budget is None:
         return
+    if budget.oom_ceiling_pixels is not None and pixels >= budget.oom_ceiling_pixels:
+        raise InvalidRequest(
+            f"{n} image(s) of {width}x{height} is {pixels} pixels; a request of "
+            f"{budget.oom_ceiling_pixels} pixels already ran out of GPU memory on this "
+            "worker. Ask for fewer or smaller images.",
+            param=param, code="insufficient_gpu_memory",
+        )
     needed = pixels * settings.vram_bytes_per_pixel
-    if needed > vram_budget_bytes:
+    if budget.vram_bytes is not None and needed > budget.vram_bytes:
         raise InvalidRequest(
             f"{n} image(s) of {width}x{height} need about {needed / 1024**3:.1f} GiB of GPU "
             f"memory (estimate: SLEEPWELL_VRAM_BYTES_PER_PIXEL={settings.vram_bytes_per_pixel}"
-            f"); this worker can spend {vram_budget_bytes / 1024**3:.1f} GiB. "
+            f"); this worker can spend {budget.vram_bytes / 1024**3:.1f} GiB. "
             "Ask for fewer or smaller images.",
-            param="n" if n > 1 else "size",
+            param=param, code="insufficient_gpu_memory",
         )
 
 
@@ -96,13 +105,15 @@ def seeds_for(body: ImageGenerationRequest) -> list[int]:
 
 
 def build_generation(
-    body: ImageGenerationRequest, settings: Settings, model: LoadedModel, request_id: str
+    body: ImageGenerationRequest, settings: Settings, model: LoadedModel, request_id: str,
+    arrived_at: float | None = None,
 ) -> Generation:
     """Validate against limits and the model; raises InvalidRequest naming the parameter."""
     check_model(body.model, model.name)
     _check_ranges(body, settings)
     width, height = _size(body, settings, model)
-    check_budget(width, height, body.n, settings, model.vram_budget_bytes)
+    check_budget(width, height, body.n, settings, model.budget)
+    arrived_at = time.monotonic() if arrived_at is None else arrived_at
     params = GenerationParams(
         width=width,
         height=height,
@@ -121,6 +132,7 @@ def build_generation(
         negative_prompt=body.negative_prompt,
         seeds=seeds_for(body),
         params=params,
-        deadline=time.monotonic() + settings.request_timeout_s,
+        deadline=arrived_at + settings.request_timeout_s,
         future=future,
+        arrived_at=arrived_at,
     )

@@ -8,6 +8,7 @@ bad request or an OOM never takes its batch-mates down with it.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import queue
 import threading
@@ -20,14 +21,14 @@ import torch
 
 from app.errors import Cancelled, InferenceFailed, ServiceUnavailable, SleepwellError
 from app.observability import metrics
-from app.serving.faults import FaultInjector, FaultPlan, plan_for
+from app.serving.faults import FaultInjector, FaultPlan, check_load_fault, plan_for
 from app.serving.generation import Generation
-from app.serving.model import LoadedModel, load_model
+from app.serving.model import LoadedModel, load_model, vram_budget
+from app.serving.outcomes import Outcome
 from app.settings import Settings
 
 logger = logging.getLogger("sleepwell.engine")
 T = TypeVar("T")
-Outcome = list[Any] | SleepwellError  # PIL images, or the error for that request
 
 
 class GenerationInterrupted(Exception):
@@ -110,13 +111,26 @@ class Engine:
         self.model: LoadedModel | None = None
 
     def load(self, settings: Settings | None = None) -> LoadedModel:
-        self.model = load_model(settings or self.settings)
+        settings = settings or self.settings
+        check_load_fault(settings.fault_injection, settings.fault_load_failure_slots,
+                         settings.worker_slot)
+        self.model = load_model(settings)
         return self.model
 
-    def install(self, model: LoadedModel) -> LoadedModel | None:
-        """Swap the serving model. Runs on the inference thread, so never mid-batch."""
-        old, self.model = self.model, model
-        return old  # freed when the caller drops it; torch's allocator reuses the memory
+    def install(self, model: LoadedModel) -> str | None:
+        """Swap the serving model; the old one's name. On the inference thread: never mid-batch.
+
+        The old model is dropped here, before the new budget is measured, so the memory it
+        held counts as free: a budget measured beside it would stay too small for good.
+        """
+        old_name = self.model.name if self.model is not None else None
+        self.model = model
+        gc.collect()
+        model.budget.vram_bytes = vram_budget(self.settings, model.device)
+        return old_name
+
+    def warmup_seconds_per_step(self) -> float | None:
+        return self.model.warmup_seconds_per_step if self.model is not None else None
 
     def run(self, generations: list[Generation]) -> list[Outcome]:
         """Run a batch; if a merged batch fails for any reason, run its requests one by one."""
@@ -188,6 +202,7 @@ class Engine:
                 output_type="pil",
                 callback_on_step_end=self._step_callback(generations, plan),
             )
+        self.model.budget.record_success(sum(g.pixels for g in generations))
         return _split(list(output.images), generations)
 
     def _step_callback(self, generations: list[Generation], plan: FaultPlan) -> Callable[..., Any]:

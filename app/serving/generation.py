@@ -44,6 +44,11 @@ class Generation:
     def image_count(self) -> int:
         return len(self.seeds)
 
+    @property
+    def pixels(self) -> int:
+        """Output pixels of the whole request: what its GPU memory grows with."""
+        return self.params.width * self.params.height * self.image_count
+
     def abandoned(self) -> bool:
         """Nobody waits for this any more: answered (timeout/cancel) or past its deadline.
 

@@ -43,6 +43,14 @@ class HealthFacts:
     gpu_required: bool = False
     last_error: str | None = None
     swap_error: str | None = None
+    model_mismatch: str | None = None  # a swap this worker could not apply yet
+    # Set once this worker knows it cannot serve again and is on its way out (stalled,
+    # scheduler dead, model failed to load); sticky, so no probe sees it alive meanwhile.
+    fatal: str | None = None
+    fatal_state: WorkerState = WorkerState.FAILED
+
+    def mark_fatal(self, reason: str, state: WorkerState = WorkerState.FAILED) -> None:
+        self.fatal, self.fatal_state, self.last_error = reason, state, reason
 
 
 class Health:
@@ -56,6 +64,8 @@ class Health:
         return self.engine.progress.seconds_since_progress() > self.settings.stall_timeout_s
 
     def state(self) -> WorkerState:
+        if self.facts.fatal is not None:
+            return self.facts.fatal_state
         if self.stalled():
             return WorkerState.STALLED
         if self.facts.draining:
@@ -71,6 +81,8 @@ class Health:
     def unready_reasons(self) -> list[str]:
         facts = self.facts
         reasons: list[str] = []
+        if facts.fatal is not None and facts.fatal != facts.load_error:
+            reasons.append(f"worker is being replaced: {facts.fatal}")
         if facts.load_error is not None:
             reasons.append(f"model failed to load: {facts.load_error}")
         elif facts.loading or self.engine.model is None:
@@ -82,6 +94,8 @@ class Health:
         streak, limit = self.runner.failure_streak, self.settings.failure_streak_limit
         if streak >= limit:
             reasons.append(f"{streak} consecutive inference failures (limit {limit})")
+        if facts.model_mismatch is not None:
+            reasons.append(f"model mismatch: {facts.model_mismatch}")
         if facts.gpu is not None and not facts.gpu.ok:
             reasons.append(facts.gpu.error or "GPU probe failed")
         return reasons
@@ -92,6 +106,12 @@ class Health:
         return f"no denoising step completed for {silent:.1f}s (stall timeout {limit:g}s)"
 
     def liveness(self) -> tuple[bool, dict[str, Any]]:
+        """Not alive when stalled, or when the worker has decided to replace itself.
+
+        A graceful drain stays alive: a probe must never kill work that is finishing.
+        """
+        if self.facts.fatal is not None:
+            return False, {"status": self.facts.fatal_state.value, "reason": self.facts.fatal}
         if self.stalled():
             return False, {"status": "stalled", "reason": self._stall_reason()}
         return True, {"status": "alive", "state": self.state().value}
@@ -110,11 +130,11 @@ class Health:
         gpu = self.facts.gpu
         gpu_check = None if gpu is None and not self.facts.gpu_required else bool(gpu and gpu.ok)
         model = self.engine.model
-        healthy = not reasons and gpu_check is not False
+        healthy = not reasons and gpu_check is not False and self.runner.scheduler_error is None
         body = {
             "status": "healthy" if healthy else "unhealthy",
             "checks": {"api": True, "model": model is not None and not self.facts.loading,
-                       "gpu": gpu_check},
+                       "scheduler": self.runner.scheduler_error is None, "gpu": gpu_check},
             "gpu_memory": gpu.memory_report() if gpu is not None and gpu.ok else None,
             "state": self.state().value,
             "reasons": reasons,

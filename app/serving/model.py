@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from app.errors import SleepwellError
+from app.serving.budget import MemoryBudget
 from app.serving.demo_model import ensure_demo_model
 from app.settings import DeviceChoice, DtypeChoice, Settings
 
@@ -61,7 +62,9 @@ class LoadedModel:
     native_width: int
     native_height: int
     load_seconds: float
-    vram_budget_bytes: int | None = None  # None: not a GPU, or no budget applies
+    # What a request may cost here; mutable, it learns from OOMs (see MemoryBudget).
+    budget: MemoryBudget = field(default_factory=MemoryBudget)
+    warmup_seconds_per_step: float | None = None  # None: warm-up was off
 
 
 def model_source(settings: Settings) -> str:
@@ -101,10 +104,13 @@ def load_model(settings: Settings) -> LoadedModel:
     pipeline = pipeline.to(device)
     pipeline.set_progress_bar_config(disable=True)
     width, height = native_size(pipeline)
-    if settings.warmup:
-        _warm_up(pipeline, width, height)
+    warmup_per_step = _warm_up(pipeline, width, height) if settings.warmup else None
+    budget = MemoryBudget(vram_bytes=vram_budget(settings, device))
+    if warmup_per_step is not None:
+        budget.record_success(width * height)
     return LoadedModel(
-        vram_budget_bytes=_vram_budget(settings, device),
+        budget=budget,
+        warmup_seconds_per_step=warmup_per_step,
         pipeline=pipeline,
         name=settings.served_model_name,
         source=source,
@@ -116,18 +122,31 @@ def load_model(settings: Settings) -> LoadedModel:
     )
 
 
-def _vram_budget(settings: Settings, device: torch.device) -> int | None:
+def vram_budget(settings: Settings, device: torch.device) -> int | None:
+    """GPU bytes one request may use: configured, or 90% of what is free right now.
+
+    Call it when only the serving model is resident (after a swap has freed the old one),
+    or the budget is measured too small.
+    """
     if device.type != "cuda":
         return None
     if settings.vram_budget_gb is not None:
         return int(settings.vram_budget_gb * 1024**3)
+    torch.cuda.empty_cache()
     free, _total = torch.cuda.mem_get_info(device)
-    return int(free * 0.9)  # after load and warm-up; keep 10% for fragmentation
+    return int(free * 0.9)  # keep 10% for fragmentation
 
 
-def _warm_up(pipeline: Any, width: int, height: int) -> None:
+_WARMUP_STEPS = 2
+
+
+def _warm_up(pipeline: Any, width: int, height: int) -> float:
+    """One small generation; returns its seconds per step (the first estimate of speed)."""
     # The first call pays for kernel selection and allocator growth; do it before READY.
     started = time.monotonic()
     with torch.inference_mode():
-        pipeline(prompt="warm-up", width=width, height=height, num_inference_steps=2)
-    logger.info("warm-up generation took %.2fs", time.monotonic() - started)
+        pipeline(prompt="warm-up", width=width, height=height,
+                 num_inference_steps=_WARMUP_STEPS)
+    seconds = time.monotonic() - started
+    logger.info("warm-up generation took %.2fs", seconds)
+    return seconds / _WARMUP_STEPS

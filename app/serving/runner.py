@@ -1,8 +1,9 @@
 """The bounded queue and the one task that owns it: admission, batching, dispatch, settling.
 
 Everything here runs on the event loop; only ``Engine.run`` runs on the inference thread.
-A generation's future is settled in exactly one place (``settle``), which is also where its final
-status is counted, so every request gets one answer and one metric.
+A generation's future is settled in exactly one place (``settle``), which is also where its
+final status is counted; a request refused before it is queued is counted by ``refuse``.
+So every request gets one answer and one count.
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ import logging
 import math
 import time
 from collections import deque
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NoReturn
 
 from app.errors import (
-    Cancelled,
     DeadlineExceeded,
     InferenceFailed,
     QueueFull,
@@ -24,29 +25,16 @@ from app.errors import (
     SleepwellError,
 )
 from app.observability import metrics
-from app.serving.engine import Engine, InferenceThread, Outcome
+from app.serving.engine import Engine, InferenceThread
 from app.serving.generation import Generation
+from app.serving.outcomes import Outcome, count_answer, status_of
+from app.serving.streak import FailureStreak
 
 logger = logging.getLogger("sleepwell.runner")
 
-_DEFAULT_RUN_SECONDS = 2.0
 _EWMA_WEIGHT = 0.3
-
-
-# Refusals that cost no GPU time and say nothing about the worker's health.
-_REJECTIONS = {"queue_full", "draining", "shutting_down"}
-
-
-def status_of(outcome: Outcome) -> str:
-    """The image_generation_total status of a request's final answer."""
-    if not isinstance(outcome, SleepwellError):
-        return "success"
-    if isinstance(outcome, DeadlineExceeded):
-        return "timeout"
-    if isinstance(outcome, Cancelled):
-        return "cancelled"
-    return "rejected" if outcome.code in _REJECTIONS else "failed"  # OOM, stall, errors
-
+# Used only until the first real call (or the warm-up) has been timed.
+_UNMEASURED_SECONDS_PER_STEP = 0.5
 
 class Runner:
     def __init__(
@@ -61,67 +49,101 @@ class Runner:
         self.queue: deque[Generation] = deque()
         self.inflight: list[Generation] = []
         self.accepting = True
-        self.failure_streak = 0
-        self._run_seconds = _DEFAULT_RUN_SECONDS
+        self.streak = FailureStreak()
+        self.seconds_per_step: float | None = None  # measured, per pipeline call
+        self.scheduler_error: str | None = None
         self._wakeup = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    @property
+    def failure_streak(self) -> int:
+        return self.streak.count
 
     # --- admission --------------------------------------------------------------------
     def submit(self, generation: Generation) -> None:
         if not self.accepting:
-            self._reject(ServiceUnavailable(
+            self.refuse(ServiceUnavailable(
                 "This worker is shutting down; retry and another will answer.",
                 code="draining", retry_after_s=1,
-            ))
+            ), generation.arrived_at)
         if len(self.queue) >= self.max_queue:
-            self._reject(QueueFull(
+            self.refuse(QueueFull(
                 f"The queue is full ({self.max_queue} requests waiting); retry later.",
                 retry_after_s=self.estimated_wait_s(),
-            ))
+            ), generation.arrived_at)
         self.queue.append(generation)
         self._idle.clear()
         metrics.QUEUE_DEPTH.inc()
         self._wakeup.set()
 
-    def _reject(self, error: SleepwellError) -> None:
-        metrics.GENERATIONS.labels(status=status_of(error)).inc()
+    def refuse(self, error: SleepwellError, arrived_at: float) -> NoReturn:
+        """Count and raise the answer for a request that never entered the queue."""
+        count_answer(status_of(error), time.monotonic() - arrived_at)
         raise error
 
     def estimated_wait_s(self) -> float:
-        """Seconds until a new request would start, from the real recent run times."""
-        batches_ahead = math.ceil((len(self.queue) + 1) / self.max_batch)
-        running = 1 if self.inflight else 0
-        return max(1.0, (batches_ahead + running) * self._run_seconds)
+        """Seconds until a request arriving now would start, from measured step times.
+
+        The running call's remaining steps, then each call the queue ahead will make
+        (compatible requests share calls of up to ``max_batch``).
+        """
+        per_step = self.seconds_per_step or self.engine.warmup_seconds_per_step()
+        per_step = per_step or _UNMEASURED_SECONDS_PER_STEP
+        steps = 0
+        if self.inflight:
+            steps += max(0, self.inflight[0].params.steps - self.inflight[0].steps_done)
+        queued = list(self.queue)
+        for start in range(0, len(queued), self.max_batch):
+            steps += max(g.params.steps for g in queued[start : start + self.max_batch])
+        return steps * per_step
 
     def cancel(self, generation: Generation, reason: SleepwellError) -> None:
         """Answer ``generation`` with ``reason`` now; if queued, it leaves the queue at once."""
         if generation in self.queue:
             self.queue.remove(generation)
             metrics.QUEUE_DEPTH.dec()
-            self._note_if_idle()
+            metrics.QUEUE_WAIT.labels(outcome="abandoned").observe(generation.queue_seconds())
         self.settle(generation, reason)
+        self._note_if_idle()
 
     def settle(self, generation: Generation, outcome: Outcome) -> None:
         if generation.future.done():
             return
         status = status_of(outcome)
-        metrics.GENERATIONS.labels(status=status).inc()
+        elapsed = time.monotonic() - generation.arrived_at
+        count_answer(status, elapsed)
         if isinstance(outcome, SleepwellError):
             generation.future.set_exception(outcome)
         else:
             metrics.IMAGES.inc(len(outcome))
-            metrics.LATENCY.observe(time.monotonic() - generation.arrived_at)
+            metrics.LATENCY.observe(elapsed)
             generation.future.set_result(outcome)
-        if status == "success":
-            self.failure_streak = 0
-        elif status == "failed":
-            self.failure_streak += 1
 
     # --- the scheduler task -----------------------------------------------------------
-    def start(self) -> None:
+    def start(self, on_died: Callable[[str], None] | None = None) -> None:
+        """Start the scheduler; ``on_died`` hears why if it ever ends on its own."""
         self._task = asyncio.create_task(self._schedule_forever(), name="sleepwell-scheduler")
+        self._task.add_done_callback(lambda task: self._scheduler_done(task, on_died))
+
+    def _scheduler_done(
+        self, task: asyncio.Task[None], on_died: Callable[[str], None] | None
+    ) -> None:
+        if self._stopping or task.cancelled():
+            return  # stopped on purpose, or the loop itself is closing
+        error = task.exception()
+        self.scheduler_error = f"{type(error).__name__}: {error}" if error else "it returned"
+        logger.critical("the scheduler task died (%s); no request can run on this worker",
+                        self.scheduler_error, exc_info=error)
+        self.accepting = False
+        self._answer_all(ServiceUnavailable(
+            "The worker's scheduler failed; it is being replaced. Retry shortly.",
+            code="scheduler_failed", retry_after_s=5,
+        ))
+        if on_died is not None:
+            on_died(self.scheduler_error)
 
     async def _schedule_forever(self) -> None:
         while True:
@@ -152,7 +174,7 @@ class Runner:
         return batch
 
     def _drop_abandoned(self) -> bool:
-        """Answer queued generations whose deadline passed; True if any generation is left."""
+        """Answer queued generations whose deadline passed; True if any is left."""
         now = time.monotonic()
         for generation in [g for g in self.queue if g.future.done() or now >= g.deadline]:
             self.cancel(generation, deadline_exceeded(generation))
@@ -162,7 +184,7 @@ class Runner:
         dispatched = time.monotonic()
         for generation in batch:
             generation.started_at = dispatched
-            metrics.QUEUE_WAIT.observe(dispatched - generation.arrived_at)
+            metrics.QUEUE_WAIT.labels(outcome="dispatched").observe(generation.queue_seconds())
         metrics.BATCH_SIZE.observe(len(batch))
         metrics.INFLIGHT.inc(len(batch))
         self.inflight = batch
@@ -172,41 +194,68 @@ class Runner:
             logger.exception("inference thread raised outside the engine's guard")
             outcomes = [InferenceFailed("The generation failed on the server.")] * len(batch)
         finally:
-            self.inflight = []
             metrics.INFLIGHT.dec(len(batch))
-        elapsed = time.monotonic() - dispatched
-        self._run_seconds += _EWMA_WEIGHT * (elapsed - self._run_seconds)
+        # Cleared only here: if anything else escaped, the batch stays in ``inflight`` for
+        # the scheduler's done-callback to answer.
+        self.inflight = []
+        self._measure(batch, time.monotonic() - dispatched)
+        model = self.engine.model
+        if model is not None:
+            self.streak.record(batch, outcomes, model.budget)
         for generation, outcome in zip(batch, outcomes, strict=True):
             self.settle(generation, outcome)
+
+    def _measure(self, batch: list[Generation], elapsed: float) -> None:
+        steps = max(generation.steps_done for generation in batch)
+        if steps <= 0:
+            return  # stopped before its first step: says nothing about speed
+        sample = elapsed / steps
+        previous = self.seconds_per_step
+        self.seconds_per_step = sample if previous is None else (
+            previous + _EWMA_WEIGHT * (sample - previous)
+        )
 
     # --- lifecycle --------------------------------------------------------------------
     def _note_if_idle(self) -> None:
         if not self.queue and not self.inflight:
             self._idle.set()
 
+    @property
+    def idle(self) -> bool:
+        return self._idle.is_set()
+
     async def drain(self, timeout_s: float) -> bool:
         """Stop admitting; let queued and running work finish. True if it all did."""
         self.accepting = False
         try:
-            await asyncio.wait_for(self._idle.wait(), timeout_s)
+            await asyncio.wait_for(self._idle.wait(), max(0.0, timeout_s))
         except TimeoutError:
             return False
         return True
 
-    async def stop(self, reason: SleepwellError) -> None:
+    def _answer_all(self, reason: SleepwellError) -> int:
+        """Answer every queued and running generation with ``reason``; how many there were."""
+        waiting = [*self.queue, *self.inflight]
+        for generation in waiting:
+            self.cancel(generation, reason)
+        self._idle.set()
+        return len(waiting)
+
+    async def stop(self, reason: SleepwellError) -> int:
         """Answer everything still waiting with ``reason`` and stop the scheduler."""
         self.accepting = False
-        for generation in [*self.queue, *self.inflight]:
-            self.cancel(generation, reason)
-        if self._task is not None:
+        self._stopping = True
+        answered = self._answer_all(reason)
+        if self._task is not None and not self._task.done():  # a dead one was reported
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        return answered
 
 
 def deadline_exceeded(generation: Generation) -> DeadlineExceeded:
     """The one answer for a request whose deadline passed, queued or running."""
+    limit = math.ceil(generation.deadline - generation.arrived_at)
     return DeadlineExceeded(
-        f"The request did not finish within {generation.deadline - generation.arrived_at:.0f}s "
-        "(SLEEPWELL_REQUEST_TIMEOUT_S)."
+        f"The request did not finish within {limit}s (SLEEPWELL_REQUEST_TIMEOUT_S)."
     )

@@ -1,7 +1,10 @@
 """One worker's service: the engine, its thread, the runner, health, and background tasks.
 
 ``create_app``'s lifespan owns exactly one of these; start() and stop() bracket every
-resource it holds.
+resource it holds. Shutdown has two doors, both answering every request before the process
+goes: SIGTERM (a deploy, gunicorn stopping us) drains within the grace period and answers
+what is left with 503; a fault that makes this worker useless (a stall, a dead scheduler, a
+model that will not load) answers everything at once and exits so gunicorn replaces us.
 """
 
 from __future__ import annotations
@@ -9,10 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import signal
 import sys
-import threading
 from typing import Any
 
 import torch
@@ -21,17 +21,23 @@ from app import __version__
 from app.errors import ServiceUnavailable, SleepwellError
 from app.observability import metrics
 from app.serving import gpu
+from app.serving.desired_model import DesiredModelStore
 from app.serving.engine import Engine, InferenceThread
 from app.serving.health import SERVING_STATES, Health, WorkerState
+from app.serving.lifecycle import LoadFailureLog, exit_for_replacement
 from app.serving.model import LoadedModel
-from app.serving.model_swap import DesiredModelStore, ModelSwapper
+from app.serving.model_swap import ModelSwapper
 from app.serving.runner import Runner
 from app.settings import DeviceChoice, Settings
 
 logger = logging.getLogger("sleepwell.service")
-_WATCHDOG_PERIOD_S = 0.5
+_WATCHDOG_PERIOD_S = 0.25
 _GIL_SWITCH_INTERVAL_S = 0.001
 _RECONCILE_PERIOD_S = 1.0
+# Answers to leftovers must be written before gunicorn's SIGKILL at the end of the grace.
+_ANSWER_MARGIN_S = 2.0
+# A broken worker has nothing left to finish: exit this soon even if its thread is wedged.
+_FATAL_EXIT_DEADLINE_S = 5.0
 
 
 class Service:
@@ -52,9 +58,11 @@ class Service:
             settings, self.engine, self.thread, DesiredModelStore(settings.state_dir),
             self.health.facts,
         )
+        self.load_failures = LoadFailureLog(settings.state_dir, settings.worker_slot)
         self._tasks: list[asyncio.Task[Any]] = []
-        self._loaded = asyncio.Event()
+        self._waiters_released = asyncio.Event()  # the model loaded, or waiting is pointless
         self._waiting_for_load = 0
+        self._shutdown: asyncio.Task[None] | None = None
 
     @property
     def model_name(self) -> str:
@@ -68,27 +76,45 @@ class Service:
         sys.setswitchinterval(_GIL_SWITCH_INTERVAL_S)
         metrics.initialise_request_series()
         metrics.MODEL_READY.set(0)
-        self.runner.start()
+        self.runner.start(on_died=self._scheduler_died)
         reconcile = self.swapper.reconcile_forever(_RECONCILE_PERIOD_S)
         for coroutine in (self._load(), self._watch(), reconcile):
             self._tasks.append(asyncio.create_task(coroutine))
 
-    async def stop(self) -> None:
+    def request_shutdown(self) -> None:
+        """SIGTERM, scheduled onto the loop: drain, then answer what is left. Idempotent."""
+        if self._shutdown is None:
+            self._shutdown = asyncio.create_task(self._drain_then_answer(), name="drain")
+
+    async def _drain_then_answer(self) -> None:
         self.begin_drain()
-        drained = await self.runner.drain(self.settings.graceful_timeout_s)
-        if not drained:
-            logger.warning("grace period over with work left; answering it with 503")
-        shutting_down = ServiceUnavailable(
+        budget = self.settings.graceful_timeout_s
+        budget -= min(_ANSWER_MARGIN_S, budget / 4)
+        if await self.runner.drain(budget):
+            return
+        answered = await self.runner.stop(ServiceUnavailable(
+            "The server is shutting down; retry and another worker will answer.",
+            code="shutting_down", retry_after_s=1,
+        ))
+        logger.warning("grace period over: answered %d unfinished requests with 503", answered)
+
+    async def stop(self) -> None:
+        """Lifespan shutdown: uvicorn has already waited for the answers to be written."""
+        self.request_shutdown()
+        assert self._shutdown is not None
+        await self._shutdown
+        await self.runner.stop(ServiceUnavailable(
             "The server is shutting down.", code="shutting_down", retry_after_s=1
-        )
-        await self.runner.stop(shutting_down)
+        ))
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self.engine.faults.release()
-        if not self.thread.stop(timeout=5.0):
+        # A wedged thread (a hung kernel) never ends; it is a daemon, so do not wait long.
+        join_s = 0.5 if self.health.facts.fatal else 5.0
+        if not self.thread.stop(timeout=join_s):
             logger.error("inference thread did not stop; exiting without it")
         metrics.MODEL_READY.set(0)
 
@@ -99,23 +125,36 @@ class Service:
                         len(self.runner.queue), len(self.runner.inflight))
         self.health.facts.draining = True
         self.runner.accepting = False
+        self._waiters_released.set()  # requests held for the load: answer them now
         metrics.MODEL_READY.set(0)
 
-    async def serving_model(self) -> LoadedModel:
+    async def serving_model(self, arrived_at: float, requested: str | None = None) -> LoadedModel:
         """The model to run a new request on; while loading, wait a little for it."""
         if self.health.state() is WorkerState.STARTING:
             await self._wait_for_load()
         state = self.health.state()
         model = self.engine.model
-        if model is not None and state not in (WorkerState.DRAINING, WorkerState.STALLED):
-            return model
+        if model is None or state in (WorkerState.DRAINING, WorkerState.STALLED,
+                                      WorkerState.FAILED):
+            self.runner.refuse(self._not_serving(state), arrived_at)
+        switching_to = self.swapper.switching_to
+        if requested is not None and requested != model.name and requested == switching_to:
+            self.runner.refuse(ServiceUnavailable(
+                f"This worker is still switching to '{requested}'; retry in a moment.",
+                code="model_switching", retry_after_s=2,
+            ), arrived_at)
+        return model
+
+    def _not_serving(self, state: WorkerState) -> SleepwellError:
         reasons = "; ".join(self.health.unready_reasons()) or state.value
-        code = {WorkerState.STARTING: "model_loading", WorkerState.FAILED: "model_load_failed"}
-        metrics.GENERATIONS.labels(status="rejected").inc()
-        raise ServiceUnavailable(
-            f"The model is not ready to serve: {reasons}.",
-            code=code.get(state, state.value),
-            retry_after_s=30 if state is WorkerState.FAILED else 5,
+        codes = {WorkerState.STARTING: "model_loading", WorkerState.DRAINING: "draining",
+                 WorkerState.STALLED: "worker_stalled"}
+        code = codes.get(state, "model_load_failed")
+        if state is WorkerState.FAILED and self.runner.scheduler_error is not None:
+            code = "scheduler_failed"
+        return ServiceUnavailable(
+            f"The model is not ready to serve: {reasons}.", code=code,
+            retry_after_s=1 if state is WorkerState.DRAINING else 5,
         )
 
     async def _wait_for_load(self) -> None:
@@ -126,7 +165,7 @@ class Service:
             return
         self._waiting_for_load += 1
         try:
-            await asyncio.wait_for(self._loaded.wait(), self.settings.load_wait_s)
+            await asyncio.wait_for(self._waiters_released.wait(), self.settings.load_wait_s)
         except TimeoutError:
             pass
         finally:
@@ -136,15 +175,14 @@ class Service:
     async def _load(self) -> None:
         facts = self.health.facts
         try:
-            settings = self.swapper.startup_settings()
+            settings = await self.swapper.startup_settings()
             model = await self.thread.run(lambda: self.engine.load(settings))
         except SleepwellError as exc:
-            facts.load_error = exc.message
-            logger.error("model load failed: %s", exc.message)
+            self._load_failed(exc.message, exc)
         except Exception as exc:
-            facts.load_error = f"{type(exc).__name__}: {exc}"
-            logger.exception("model load failed")
+            self._load_failed(f"{type(exc).__name__}: {exc}", exc)
         else:
+            self.load_failures.clear()
             metrics.MODEL_LOAD_SECONDS.set(model.load_seconds)
             metrics.BUILD_INFO.labels(version=__version__, model=model.name).set(1)
             logger.info("model %s ready on %s in %.2fs", model.name, model.device,
@@ -154,7 +192,18 @@ class Service:
                 self._tasks.append(asyncio.create_task(self._monitor_gpu(model.device)))
         finally:
             facts.loading = False
-            self._loaded.set()
+            self._waiters_released.set()
+
+    def _load_failed(self, reason: str, exc: BaseException) -> None:
+        self.health.facts.load_error = reason
+        logger.error("model load failed: %s", reason, exc_info=exc)
+        metrics.MODEL_LOAD_FAILURES.inc()
+        if self.settings.worker_slot is None:
+            return  # not under gunicorn: nobody would respawn us; stay up, unready
+        # Under gunicorn a failed worker leaves the rotation: its siblings take the traffic,
+        # and the master respawns this slot with a backoff (gunicorn.conf.py).
+        self.load_failures.record(reason)
+        self._become_fatal(f"model failed to load: {reason}")
 
     async def _monitor_gpu(self, device: torch.device) -> None:
         index = gpu.physical_index(self.settings.cuda_visible_devices)
@@ -173,7 +222,7 @@ class Service:
 
     async def _watch(self) -> None:
         """Keep model_ready true to health, and replace this worker if it is stalled."""
-        while True:
+        while not self.health.facts.fatal:
             state = self.health.state()
             metrics.MODEL_READY.set(1 if state in SERVING_STATES else 0)
             if state is WorkerState.STALLED and self.settings.exit_on_stall:
@@ -183,6 +232,7 @@ class Service:
                 self._recycle()
                 return
             await asyncio.sleep(_WATCHDOG_PERIOD_S)
+        metrics.MODEL_READY.set(0)
 
     def _failure_streak_reached(self) -> bool:
         return self.runner.failure_streak >= self.settings.failure_streak_limit
@@ -191,29 +241,33 @@ class Service:
         """A fresh process gets a fresh CUDA context: drain, exit, let gunicorn respawn."""
         streak = self.runner.failure_streak
         self.health.facts.last_error = f"{streak} consecutive failures; recycling the worker"
-        logger.error("recycling worker after %d consecutive failures", streak)
+        logger.error("recycling worker after %d consecutive failed dispatches", streak)
         self.begin_drain()
-        self._exit_for_replacement()
+        exit_for_replacement(self.settings.graceful_timeout_s + 5)
 
     async def _replace_stalled_worker(self) -> None:
-        reason = self.health.unready_reasons()
-        logger.critical("worker stalled (%s); answering its requests and exiting", reason)
-        self.health.facts.last_error = "; ".join(reason)
-        await self.runner.stop(ServiceUnavailable(
+        reasons = "; ".join(self.health.unready_reasons())
+        logger.critical("worker stalled (%s); answering its requests and exiting", reasons)
+        # Sticky: liveness stays 503 from now until the process is gone.
+        self.health.facts.mark_fatal(reasons, WorkerState.STALLED)
+        answered = await self.runner.stop(ServiceUnavailable(
             "The worker running this request stopped making progress and is being replaced.",
             code="worker_stalled", retry_after_s=5,
         ))
-        # Keep reporting the stall on /health/live for a moment, then let gunicorn respawn us.
+        logger.critical("answered %d requests of the stalled worker with 503", answered)
+        # Keep reporting the stall for a moment (probes, scrapes), then let gunicorn respawn.
         await asyncio.sleep(self.settings.stall_exit_delay_s)
         self.engine.faults.release()
-        self._exit_for_replacement()
+        exit_for_replacement(_FATAL_EXIT_DEADLINE_S)
 
-    def _exit_for_replacement(self) -> None:
-        """Shut down gracefully (SIGTERM to ourselves) so gunicorn spawns a fresh worker.
+    def _scheduler_died(self, reason: str) -> None:
+        self._become_fatal(f"the scheduler task died: {reason}")
 
-        A timer backs it up: a wedged inference thread must never keep this process alive.
-        """
-        timer = threading.Timer(self.settings.graceful_timeout_s + 5, os._exit, args=(70,))
-        timer.daemon = True
-        timer.start()
-        os.kill(os.getpid(), signal.SIGTERM)
+    def _become_fatal(self, reason: str) -> None:
+        """This worker cannot serve any more: unready and not alive, answer all, exit."""
+        self.health.facts.mark_fatal(reason)
+        self.runner.accepting = False
+        self._waiters_released.set()
+        metrics.MODEL_READY.set(0)
+        self.engine.faults.release()
+        exit_for_replacement(_FATAL_EXIT_DEADLINE_S)

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import torch
 
 from app.api.schemas import ImageGenerationRequest
 from app.errors import (
     Cancelled,
     DeadlineExceeded,
     InferenceFailed,
+    InvalidRequest,
     QueueFull,
     ServiceUnavailable,
 )
@@ -23,6 +26,7 @@ from app.serving.engine import Engine, InferenceThread
 from app.serving.generation import Generation
 from app.serving.runner import Runner
 from app.settings import Settings
+from tests.support.waiting import async_wait_until
 
 
 def sample(metric: object, **labels: str) -> float:
@@ -51,11 +55,11 @@ async def engine(demo_model_dir: Path) -> AsyncIterator[tuple[Engine, InferenceT
 
 def make_runner(
     engine: tuple[Engine, InferenceThread], max_batch: int = 4, max_queue: int = 8,
-    batch_wait_s: float = 0.02,
+    batch_wait_s: float = 0.02, on_died: object = None,
 ) -> Runner:
     runner = Runner(engine[0], engine[1], max_queue=max_queue, max_batch=max_batch,
                     batch_wait_s=batch_wait_s)
-    runner.start()
+    runner.start(on_died)  # type: ignore[arg-type]
     return runner
 
 
@@ -94,6 +98,36 @@ async def test_runner_incompatible_sizes_run_as_separate_calls(engine) -> None:
     await runner.stop(Cancelled("test over"))
 
 
+async def test_runner_batch_split_gives_each_request_the_images_of_its_own_seeds(
+    engine,
+) -> None:
+    runner = make_runner(engine)
+    batched = [job(engine, n=n, seed=10 * n) for n in (1, 2, 3)]
+    for item in batched:
+        runner.submit(item)
+    results = await asyncio.gather(*(item.future for item in batched))
+    assert len({item.started_at for item in batched}) == 1  # one pipeline call
+    alone_runner = make_runner(engine, max_batch=1)
+    references = {}
+    for seed in (10, 20, 21, 30, 31, 32):
+        single = job(engine, seed=seed)
+        alone_runner.submit(single)
+        references[seed] = pixels((await single.future)[0])
+    for item, images in zip(batched, results, strict=True):
+        for seed, image in zip(item.seeds, images, strict=True):
+            distances = {other: (pixels(image) - ref).abs().max().item()
+                         for other, ref in references.items()}
+            # Its own seed's image, up to batched rounding; far from every other seed's.
+            assert distances[seed] <= 2, (seed, distances)
+            assert min(d for other, d in distances.items() if other != seed) > 20, distances
+    await runner.stop(Cancelled("test over"))
+    await alone_runner.stop(Cancelled("test over"))
+
+
+def pixels(image: object) -> torch.Tensor:
+    return torch.tensor(list(image.getdata()), dtype=torch.int16)  # type: ignore[attr-defined]
+
+
 async def test_runner_batch_results_keep_request_order_and_seeds(engine) -> None:
     runner = make_runner(engine)
     jobs = [job(engine, n=n, seed=10 * n) for n in (1, 2, 3)]
@@ -105,21 +139,31 @@ async def test_runner_batch_results_keep_request_order_and_seeds(engine) -> None
     await runner.stop(Cancelled("test over"))
 
 
-async def test_runner_full_queue_rejects_with_retry_after(engine) -> None:
+async def test_runner_full_queue_retry_after_tracks_the_real_wait(engine) -> None:
     runner = make_runner(engine, max_batch=1, max_queue=2)
-    long_jobs = [job(engine, num_inference_steps=30) for _ in range(3)]
+    # Steps slowed to >= 0.1 s each, so a busy CPU moves both durations alike.
+    slow = "[[slow=0.1]] paced"
+    calibration = job(engine, prompt=slow, num_inference_steps=10)
+    runner.submit(calibration)
+    await calibration.future  # the runner has now timed real steps on this machine
+    long_jobs = [job(engine, prompt=slow, num_inference_steps=10) for _ in range(3)]
     runner.submit(long_jobs[0])
-    while long_jobs[0].steps_done == 0:  # running, so it has left the queue
-        await asyncio.sleep(0.01)
+    await async_wait_until(lambda: long_jobs[0].steps_done > 0, 60, what="first job running")
     runner.submit(long_jobs[1])
     runner.submit(long_jobs[2])  # two wait: the queue is full
     rejected_before = sample(metrics.GENERATIONS, status="rejected")
     with pytest.raises(QueueFull) as caught:
         runner.submit(job(engine))
+    refused_at = time.monotonic()
+    estimate = caught.value.retry_after_s
     assert caught.value.status_code == 429
-    assert int(caught.value.headers()["Retry-After"]) >= 1
     assert sample(metrics.GENERATIONS, status="rejected") == rejected_before + 1
     await asyncio.gather(*(item.future for item in long_jobs))
+    actual = time.monotonic() - refused_at  # when a request refused then could have started
+    # A relation between two durations of the same run (not a timing budget): the estimate
+    # comes from measured step times, so it follows the real wait, busy machine or not.
+    assert estimate is not None and 0.5 * actual <= estimate <= 2.0 * actual, (estimate, actual)
+    assert caught.value.headers()["Retry-After"] == str(max(1, math.ceil(estimate)))
     await runner.stop(Cancelled("test over"))
 
 
@@ -146,9 +190,12 @@ async def test_runner_cancel_while_running_stops_at_next_step(engine) -> None:
     runner.cancel(long_job, Cancelled("client went away"))
     with pytest.raises(Cancelled):
         await long_job.future
-    await asyncio.sleep(0.3)  # let the step callback notice
-    assert not engine[0].progress.running
-    assert 3 <= long_job.steps_done < 400
+    # The step callback notices at the next step; the pipeline call then ends.
+    await async_wait_until(lambda: not engine[0].progress.running, 60, what="run stopped")
+    steps_at_stop = long_job.steps_done
+    assert 3 <= steps_at_stop < 400
+    await async_wait_until(lambda: runner.idle, 10, what="runner idle")
+    assert long_job.steps_done == steps_at_stop  # nothing ran after the stop
     await runner.stop(Cancelled("test over"))
 
 
@@ -157,7 +204,7 @@ async def test_runner_cancel_while_queued_leaves_queue_at_once(engine) -> None:
     blocker, waiting = job(engine, num_inference_steps=20), job(engine)
     runner.submit(blocker)
     runner.submit(waiting)
-    await asyncio.sleep(0.05)
+    await async_wait_until(lambda: blocker.started_at is not None, 30, what="blocker running")
     assert waiting in runner.queue
     runner.cancel(waiting, Cancelled("client went away"))
     assert waiting not in runner.queue
@@ -180,14 +227,73 @@ async def test_runner_oom_in_batch_retries_each_request_alone(engine) -> None:
 
 async def test_runner_oom_alone_answers_503_and_keeps_serving(engine) -> None:
     runner = make_runner(engine)
+    fits = job(engine)
+    runner.submit(fits)
+    await fits.future  # 64x64 has fit on this model, so a later OOM at 64x64 is the worker's
     doomed = job(engine, prompt="[[oom]] a cat")
     runner.submit(doomed)
     with pytest.raises(ServiceUnavailable) as caught:
         await doomed.future
     assert caught.value.code == "out_of_memory" and "Retry-After" in caught.value.headers()
+    assert runner.failure_streak == 1
     healthy = job(engine)
     runner.submit(healthy)
     assert len(await healthy.future) == 1
+    assert runner.failure_streak == 0
+    await runner.stop(Cancelled("test over"))
+
+
+async def test_runner_oom_of_request_larger_than_anything_fitted_is_not_the_workers_fault(
+    engine,
+) -> None:
+    runner = make_runner(engine)
+    fits = job(engine)  # 4096 pixels fit
+    runner.submit(fits)
+    await fits.future
+    oversized = job(engine, prompt="[[oom]] two", n=2)  # 8192 pixels: never fitted here
+    runner.submit(oversized)
+    with pytest.raises(ServiceUnavailable):
+        await oversized.future
+    assert runner.failure_streak == 0  # a client cannot recycle the worker this way
+    with pytest.raises(InvalidRequest) as refused:  # admission has learned the ceiling
+        job(engine, n=2)
+    assert refused.value.param == "n" and refused.value.code == "insufficient_gpu_memory"
+    small = job(engine)
+    runner.submit(small)
+    assert len(await small.future) == 1
+    await runner.stop(Cancelled("test over"))
+
+
+async def test_runner_failed_batch_counts_once_in_the_failure_streak(engine) -> None:
+    runner = make_runner(engine, batch_wait_s=0.2)
+    batch = [job(engine, prompt=f"[[fail]] {index}") for index in range(4)]
+    for item in batch:
+        runner.submit(item)
+    outcomes = await asyncio.gather(*(item.future for item in batch), return_exceptions=True)
+    assert all(isinstance(outcome, InferenceFailed) for outcome in outcomes)
+    assert len({item.started_at for item in batch}) == 1  # one dispatch, retried one by one
+    assert runner.failure_streak == 1  # not 4: the streak counts dispatches
+    lone = job(engine, prompt="[[fail]] alone")
+    runner.submit(lone)
+    with pytest.raises(InferenceFailed):
+        await lone.future
+    assert runner.failure_streak == 2
+    await runner.stop(Cancelled("test over"))
+
+
+async def test_runner_scheduler_crash_answers_everyone_and_reports_it(engine) -> None:
+    reasons: list[str] = []
+    runner = make_runner(engine, max_batch=1, on_died=reasons.append)
+    crash, queued = job(engine, prompt="[[crash-scheduler]]"), job(engine)
+    runner.submit(crash)
+    runner.submit(queued)
+    outcomes = await asyncio.gather(crash.future, queued.future, return_exceptions=True)
+    assert all(isinstance(outcome, ServiceUnavailable) for outcome in outcomes)
+    assert {outcome.code for outcome in outcomes} == {"scheduler_failed"}  # type: ignore[union-attr]
+    assert reasons and "SchedulerCrash" in reasons[0]
+    assert runner.scheduler_error is not None and not runner.accepting
+    with pytest.raises(ServiceUnavailable):
+        runner.submit(job(engine))
     await runner.stop(Cancelled("test over"))
 
 

@@ -33,7 +33,7 @@ async def load_model(
         raise ServiceUnavailable("The first model is still loading; retry shortly.",
                                  code="model_loading", retry_after_s=5)
     try:
-        new, old = await service.swapper.swap_everywhere(body.model)
+        new, previous = await service.swapper.swap_everywhere(body.model)
     except Exception as exc:  # any load failure: the old model keeps serving
         raise InvalidRequest(
             f"Could not load model {body.model!r}; still serving "
@@ -41,6 +41,6 @@ async def load_model(
             param="model", code="model_load_failed",
         ) from exc
     return LoadModelResponse(
-        model=new.name, source=new.source, previous=old.name if old else None,
+        model=new.name, source=new.source, previous=previous,
         load_seconds=round(new.load_seconds, 3),
     )

@@ -24,8 +24,9 @@ router = APIRouter(tags=["images"])
 async def generate_images(
     body: ImageGenerationRequest, request: Request, service: ServiceDep, request_id: RequestIdDep
 ) -> JSONResponse:
-    model = await service.serving_model()
-    generation = build_generation(body, service.settings, model, request_id)
+    arrived_at = time.monotonic()
+    model = await service.serving_model(arrived_at, requested=body.model)
+    generation = build_generation(body, service.settings, model, request_id, arrived_at)
     service.runner.submit(generation)
     images = await wait_for_images(service.runner, generation, request)
     encode_started = time.monotonic()

@@ -1,0 +1,96 @@
+"""Where the desired model is recorded: a file the workers of one master share.
+
+The file lives in ``SLEEPWELL_STATE_DIR`` (gunicorn.conf.py makes one per master and
+empties it at master start), so it reaches every worker of one box. Replicas on other boxes
+or in other pods need the database store (app/jobs), which implements the same methods.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+logger = logging.getLogger("sleepwell.desired_model")
+
+DESIRED_MODEL_FILE = "desired-model.json"
+SWAP_ERROR_FILE = "swap-error.txt"
+
+
+class DesiredModelBackend(Protocol):
+    """What the swapper needs of a store: the file below, or the jobs database's table."""
+
+    @property
+    def shared(self) -> bool: ...
+    async def read(self) -> DesiredModel | None: ...
+    async def publish(self, model: str, base: str | None) -> DesiredModel | None: ...
+    async def record_error(self, message: str | None) -> None: ...
+    async def read_error(self) -> str | None: ...
+
+
+@dataclass(frozen=True)
+class DesiredModel:
+    model: str
+    revision: int  # increases with every publish (nanosecond clock)
+    base: str | None  # the SLEEPWELL_MODEL it was published over; None: the demo model
+
+
+class DesiredModelStore:
+    """The shared desired-model file. ``None`` directory: a single process, nothing shared."""
+
+    def __init__(self, directory: Path | None) -> None:
+        self.path = directory / DESIRED_MODEL_FILE if directory is not None else None
+        self.error_path = directory / SWAP_ERROR_FILE if directory is not None else None
+
+    @property
+    def shared(self) -> bool:
+        return self.path is not None
+
+    async def record_error(self, message: str | None) -> None:
+        """Share the last failed swap, so /health on every worker reports it."""
+        if self.error_path is None:
+            return
+        if message is None:
+            self.error_path.unlink(missing_ok=True)
+        else:
+            _write_atomically(self.error_path, message)
+
+    async def read_error(self) -> str | None:
+        if self.error_path is None:
+            return None
+        try:
+            return self.error_path.read_text(encoding="utf-8") or None
+        except OSError:
+            return None
+
+    async def read(self) -> DesiredModel | None:
+        if self.path is None:
+            return None
+        try:
+            raw = json.loads(self.path.read_text(encoding="utf-8"))
+            return DesiredModel(model=str(raw["model"]), revision=int(raw["revision"]),
+                                base=raw.get("base"))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            logger.warning("ignoring unreadable %s: %s", self.path, exc)
+            return None
+
+    async def publish(self, model: str, base: str | None) -> DesiredModel | None:
+        """Atomically record ``model`` as what every worker should serve."""
+        if self.path is None:
+            return None
+        desired = DesiredModel(model=model, revision=time.time_ns(), base=base)
+        record = {"model": model, "revision": desired.revision, "base": base}
+        _write_atomically(self.path, json.dumps(record))
+        return desired
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    scratch = path.with_suffix(f".{os.getpid()}.tmp")
+    scratch.write_text(text, encoding="utf-8")
+    os.replace(scratch, path)  # readers see the old file or the new one, never half of one
