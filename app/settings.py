@@ -197,7 +197,10 @@ class Settings(BaseSettings):
             return self.model_name
         if self.model is None:
             return "sleepwell-demo-tiny-sd"
-        return self.model.rstrip("/").split("/")[-1] if Path(self.model).exists() else self.model
+        # A local path is served by its directory name (whether it exists yet or not); a hub
+        # id ("org/name") keeps its full name.
+        looks_local = self.model.startswith(("/", "./", "../", "~")) or Path(self.model).exists()
+        return self.model.rstrip("/").split("/")[-1] if looks_local else self.model
 
     @property
     def bind(self) -> str:

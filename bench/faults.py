@@ -4,7 +4,7 @@
 
 Overload: one worker, SLEEPWELL_MAX_QUEUE=4, four times its measured capacity, open loop.
 Crash: two workers under closed-loop load; one is SIGKILLed; time until its replacement
-is ready, and how many requests failed against how many were outstanding.
+is ready, and how many requests failed against how many the killed worker held.
 """
 
 from __future__ import annotations
@@ -48,9 +48,9 @@ def main() -> None:
     seconds = args.crash_seconds
     print(f"\ncrash: 2 workers, 6 clients, kill -9 one worker after 5s of {seconds:.0f}s")
     print_table(
-        ["outstanding at kill (both workers)", "failed", "seconds to replacement ready",
+        ["requests the killed worker held", "failed", "seconds to replacement ready",
          "statuses"],
-        [[killed.outstanding_at_kill, killed.failed, f"{killed.seconds_to_ready:.2f}",
+        [[killed.victim_held, killed.failed, f"{killed.seconds_to_ready:.2f}",
           dict(killed.statuses)]],
     )
 

@@ -62,11 +62,11 @@ def _make_tokenizer(tokenizer_class: Any, raw_dir: Path) -> Any:
     )
 
 
-def _seeded(factory: Callable[[], T]) -> T:
+def _seeded(factory: Callable[[], T], seed: int) -> T:
     """Each component starts from the same seed, so it never depends on build order."""
     import torch
 
-    torch.manual_seed(DEMO_SEED)
+    torch.manual_seed(seed)
     return factory()
 
 
@@ -118,8 +118,11 @@ def _text_encoder(vocab_size: int) -> Any:
     return CLIPTextModel(config)
 
 
-def build_demo_pipeline(raw_tokenizer_dir: Path) -> Any:
-    """Construct the pipeline in memory, deterministically from DEMO_SEED."""
+def build_demo_pipeline(raw_tokenizer_dir: Path, seed: int = DEMO_SEED) -> Any:
+    """Construct the pipeline in memory, deterministically from ``seed``.
+
+    Another seed gives another model of the same shape (tests swap between the two).
+    """
     from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
     from transformers import CLIPTokenizer
 
@@ -128,10 +131,10 @@ def build_demo_pipeline(raw_tokenizer_dir: Path) -> Any:
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000
     )
     return StableDiffusionPipeline(
-        vae=_seeded(_vae),
-        text_encoder=_seeded(lambda: _text_encoder(len(tokenizer))),
+        vae=_seeded(_vae, seed),
+        text_encoder=_seeded(lambda: _text_encoder(len(tokenizer)), seed),
         tokenizer=tokenizer,
-        unet=_seeded(_unet),
+        unet=_seeded(_unet, seed),
         scheduler=scheduler,
         safety_checker=None,
         feature_extractor=None,
@@ -143,7 +146,7 @@ def is_built(target: Path) -> bool:
     return (target / _COMPLETE_MARKER).is_file()
 
 
-def ensure_demo_model(target: Path) -> Path:
+def ensure_demo_model(target: Path, seed: int = DEMO_SEED) -> Path:
     """Build the demo model at ``target`` unless a complete copy is already there.
 
     Several workers may race here; each builds into its own temporary directory and the
@@ -154,7 +157,7 @@ def ensure_demo_model(target: Path) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=".demo-build-", dir=target.parent))
     try:
-        pipeline = build_demo_pipeline(scratch / "raw-tokenizer")
+        pipeline = build_demo_pipeline(scratch / "raw-tokenizer", seed)
         model_dir = scratch / "model"
         pipeline.save_pretrained(model_dir, safe_serialization=True)
         _make_world_readable(model_dir)
@@ -182,9 +185,10 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description="Build the Sleepwell demo model.")
     parser.add_argument("target", type=Path)
+    parser.add_argument("--seed", type=int, default=DEMO_SEED, help="another seed, another model")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO)
-    print(ensure_demo_model(args.target))
+    print(ensure_demo_model(args.target, args.seed))
 
 
 if __name__ == "__main__":

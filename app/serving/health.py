@@ -110,11 +110,13 @@ class Health:
 
         A graceful drain stays alive: a probe must never kill work that is finishing.
         """
+        pid = os.getpid()
         if self.facts.fatal is not None:
-            return False, {"status": self.facts.fatal_state.value, "reason": self.facts.fatal}
+            return False, {"status": self.facts.fatal_state.value, "reason": self.facts.fatal,
+                           "pid": pid}
         if self.stalled():
-            return False, {"status": "stalled", "reason": self._stall_reason()}
-        return True, {"status": "alive", "state": self.state().value}
+            return False, {"status": "stalled", "reason": self._stall_reason(), "pid": pid}
+        return True, {"status": "alive", "state": self.state().value, "pid": pid}
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         reasons = self.unready_reasons()

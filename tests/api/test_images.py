@@ -13,6 +13,7 @@ import pytest
 
 from tests.support.scrape import scrape
 from tests.support.server import RunningServer, gunicorn_server
+from tests.support.waiting import wait_until
 
 GENERATE = "/v1/images/generations"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -189,7 +190,7 @@ def test_generate_event_loop_answers_health_during_long_generation(server) -> No
 
     worker = threading.Thread(target=long_generation)
     worker.start()
-    time.sleep(0.5)
+    wait_for_health(server, "inflight", 1)  # the generation holds the inference thread
     answers = [httpx.get(server.url + "/health/live", timeout=5).status_code for _ in range(5)]
     assert not finished.is_set(), "generation ended before health was asked"
     assert answers == [200] * 5
@@ -223,12 +224,9 @@ def test_generate_client_disconnect_stops_generation_early(server) -> None:
     cancelled_before = scrape(server.url, "image_generation_total", status="cancelled")
     with pytest.raises(httpx.ReadTimeout):
         generate(server, num_inference_steps=1000, timeout=1.0)  # the client gives up after 1 s
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if scrape(server.url, "image_generation_total", status="cancelled") > cancelled_before:
-            break
-        time.sleep(0.1)
-    time.sleep(0.5)
+    wait_until(lambda: scrape(server.url, "image_generation_total", status="cancelled")
+               > cancelled_before, 10, period=0.1, what="the cancel counted")
+    wait_for_health(server, "inflight", 0)  # the run has stopped: steps no longer grow
     steps_run = scrape(server.url, "inference_steps_total") - steps_before
     print(f"disconnected generation ran {steps_run:.0f} of 1000 steps")
     assert scrape(server.url, "image_generation_total", status="cancelled") == cancelled_before + 1
@@ -241,7 +239,7 @@ def test_generate_past_deadline_answers_504_and_stops(server) -> None:
     response = generate(server, prompt="[[slow=0.02]] long", num_inference_steps=1000)
     assert response.status_code == 504
     assert response.json()["error"]["code"] == "deadline_exceeded"
-    time.sleep(0.5)
+    wait_for_health(server, "inflight", 0)  # the run has stopped at its next step
     assert scrape(server.url, "image_generation_total", status="timeout") == timeouts_before + 1
     assert scrape(server.url, "inference_steps_total") - steps_before < 1000
     assert generate(server).status_code == 200  # and it keeps serving

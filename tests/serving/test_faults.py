@@ -7,9 +7,10 @@ import time
 
 import httpx
 
-from tests.support.scenarios import RETRYABLE, crash, overload
+from tests.support.scenarios import crash, overload
 from tests.support.scrape import scrape
 from tests.support.server import gunicorn_server
+from tests.support.waiting import wait_until
 
 
 def test_overload_four_times_capacity_every_request_gets_one_clean_answer(demo_model_dir) -> None:
@@ -21,7 +22,7 @@ def test_overload_four_times_capacity_every_request_gets_one_clean_answer(demo_m
           f"health p99 live {result.health.p99_ms('/health/live'):.1f} ms, "
           f"ready {result.health.p99_ms('/health/ready'):.1f} ms")
     assert sum(result.statuses.values()) == int(result.offered_per_s * result.seconds)
-    assert set(result.statuses) <= {200} | RETRYABLE, result.statuses  # no resets, no other 5xx
+    assert set(result.statuses) == {200, 429}, result.statuses  # overload is 429, never 5xx
     assert result.statuses[200] > 0 and result.statuses[429] > 0
     assert result.missing_retry_after == 0
     for path in ("/health/live", "/health/ready"):
@@ -33,12 +34,12 @@ def test_crash_kill9_one_worker_only_its_inflight_requests_fail(demo_model_dir) 
         result = asyncio.run(crash(server, clients=6, seconds=20.0, kill_after=5.0))
         after = httpx.post(server.url + "/v1/images/generations",
                            json={"prompt": "back", "size": "64x64"}, timeout=60)
-    print(f"\ncrash: worker {result.victim_pid} killed with {result.outstanding_at_kill} requests "
-          f"outstanding service-wide; {result.failed} failed; replacement ready after "
-          f"{result.seconds_to_ready:.2f}s; {dict(result.statuses)}")
+    print(f"\ncrash: worker {result.victim_pid} killed holding {result.victim_held} requests; "
+          f"{result.failed} failed; replacement ready after {result.seconds_to_ready:.2f}s; "
+          f"{dict(result.statuses)}")
     failures = {status for status in result.statuses if status != 200}
     assert failures <= {"RemoteProtocolError", "ReadError"}, result.statuses  # clean, no hang
-    assert result.failed <= result.outstanding_at_kill
+    assert result.failed <= result.victim_held  # only the victim's own requests were lost
     assert after.status_code == 200
 
 
@@ -53,12 +54,16 @@ def test_oom_streak_turns_unready_recycles_and_comes_back(demo_model_dir) -> Non
         assert [answer.status_code for answer in answers] == [503] * 3
         assert all(answer.json()["error"]["code"] == "out_of_memory" for answer in answers)
         assert all(int(answer.headers["retry-after"]) >= 1 for answer in answers)
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
+        def replaced_and_ready() -> bool:
             pids = server.worker_pids()
-            if pids and pids != [first_pid] and server.ready_worker_pids() == set(pids):
-                break
-            time.sleep(0.2)
+            if not pids or pids == [first_pid]:
+                return False
+            try:
+                return server.ready_worker_pids() == set(pids)
+            except httpx.HTTPError:  # no worker accepts while the replacement boots
+                return False
+
+        wait_until(replaced_and_ready, 90, period=0.2, what="a fresh worker ready")
         back_after = time.monotonic() - started
         print(f"\noom: 3 in a row -> recycled and ready again after {back_after:.2f}s")
         assert server.worker_pids() != [first_pid]

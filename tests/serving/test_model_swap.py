@@ -1,7 +1,9 @@
-"""Hot model swap across two real workers, under load, with no failed request."""
+"""Hot model swap across two real workers: under load, to a model that really differs, and
+with a swap that cannot be applied yet (mismatch reported, retried until it converges)."""
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import threading
 import time
@@ -9,10 +11,15 @@ from collections import Counter
 from pathlib import Path
 
 import httpx
+import pytest
 
+from app.serving.demo_model import ensure_demo_model
+from app.serving.desired_model import DesiredModelStore
 from tests.support.server import gunicorn_server
+from tests.support.waiting import wait_until
 
 ADMIN = {"Authorization": "Bearer admin-secret"}
+PROBE = {"prompt": "the same request", "size": "64x64", "seed": 11}
 
 
 def fresh(url: str, path: str) -> httpx.Response:
@@ -24,11 +31,23 @@ def served_models(url: str, polls: int = 12) -> set[str]:
     return {fresh(url, "/v1/models").json()["data"][0]["id"] for _ in range(polls)}
 
 
-def test_admin_swap_under_load_changes_every_worker_without_failures(
-    demo_model_dir: Path, tmp_path: Path
+def image_bytes(url: str) -> set[str]:
+    """The probe image from several fresh connections (so from both workers)."""
+    answers = [httpx.post(url + "/v1/images/generations", json=PROBE, timeout=60,
+                          headers={"connection": "close"}) for _ in range(6)]
+    assert all(answer.status_code == 200 for answer in answers), [a.text for a in answers]
+    return {answer.json()["data"][0]["b64_json"] for answer in answers}
+
+
+@pytest.fixture(scope="module")
+def other_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo architecture built from another seed: same shape, other weights."""
+    return ensure_demo_model(tmp_path_factory.mktemp("models") / "demo-model-b", seed=1)
+
+
+def test_admin_swap_under_load_changes_every_worker_and_the_images(
+    demo_model_dir: Path, other_model: Path
 ) -> None:
-    second = tmp_path / "demo-model-b"
-    shutil.copytree(demo_model_dir, second)
     env = {"SLEEPWELL_ADMIN_KEY": "admin-secret", "SLEEPWELL_MAX_QUEUE": "64"}
     statuses: Counter[int] = Counter()
     readiness: Counter[int] = Counter()
@@ -44,27 +63,29 @@ def test_admin_swap_under_load_changes_every_worker_without_failures(
             readiness[fresh(url, "/health/ready").status_code] += 1
 
     with gunicorn_server(env, workers=2) as server:
-        before = served_models(server.url)
+        before, images_before = served_models(server.url), image_bytes(server.url)
         threads = [threading.Thread(target=load, args=(server.url,)) for _ in range(3)]
         for thread in threads:
             thread.start()
-        time.sleep(1.0)
+        wait_until(lambda: statuses.total() >= 3, 60, what="load running")
         started = time.monotonic()
         answer = httpx.post(server.url + "/admin/models/load", headers=ADMIN,
-                            json={"model": str(second)}, timeout=120)
-        deadline = time.monotonic() + 30
-        while served_models(server.url) != {"demo-model-b"} and time.monotonic() < deadline:
-            time.sleep(0.2)
+                            json={"model": str(other_model)}, timeout=120)
+        wait_until(lambda: served_models(server.url) == {"demo-model-b"}, 30, period=0.2,
+                   what="every worker on the new model")
         print(f"swap visible on every worker after {time.monotonic() - started:.2f}s")
-        time.sleep(1.0)
+        after_swap = statuses.total()
+        wait_until(lambda: statuses.total() >= after_swap + 6, 60, what="load after the swap")
         stop.set()
         for thread in threads:
             thread.join(60)
-        after = served_models(server.url)
+        after, images_after = served_models(server.url), image_bytes(server.url)
     assert answer.status_code == 200, answer.text
     assert answer.json()["model"] == "demo-model-b"
-    assert before == {"sleepwell-demo-tiny-sd"}
-    assert after == {"demo-model-b"}
+    assert answer.json()["previous"] == "sleepwell-demo-tiny-sd"
+    assert before == {"sleepwell-demo-tiny-sd"} and after == {"demo-model-b"}
+    assert len(images_before) == 1 and len(images_after) == 1  # one answer per model
+    assert images_before != images_after  # the new weights really serve
     assert set(statuses) == {200}, statuses
     assert set(readiness) == {200}, readiness  # never a moment where a worker was unready
 
@@ -78,18 +99,52 @@ def test_admin_swap_bad_model_keeps_old_and_reports_everywhere(demo_model_dir: P
         assert answer.json()["error"]["code"] == "model_load_failed"
         assert answer.json()["error"]["param"] == "model"
         assert served_models(server.url) == {"sleepwell-demo-tiny-sd"}
-        deadline = time.monotonic() + 10
-        reports: dict[int, str | None] = {}
-        while time.monotonic() < deadline and len(reports) < 2:
+        reports: dict[int, str] = {}
+
+        def reported_by_both() -> bool:
             body = fresh(server.url, "/health").json()
             if body["last_swap_error"]:
                 reports[body["worker"]["pid"]] = body["last_swap_error"]
-            time.sleep(0.2)
-        assert len(reports) == 2, reports
-        assert all("/nonexistent/model" in error for error in reports.values() if error)
+            return len(reports) == 2
+
+        wait_until(reported_by_both, 10, period=0.1, what="both workers reporting the error")
+        assert all("/nonexistent/model" in error for error in reports.values())
         ok = httpx.post(server.url + "/v1/images/generations",
                         json={"prompt": "still here", "size": "64x64"}, timeout=60)
         assert ok.status_code == 200
+
+
+def test_swap_that_cannot_apply_yet_is_unready_mismatch_then_converges(
+    demo_model_dir: Path, other_model: Path, tmp_path: Path
+) -> None:
+    state_dir, pending = tmp_path / "state", tmp_path / "arriving-model"
+    env = {"SLEEPWELL_STATE_DIR": str(state_dir)}
+    with gunicorn_server(env, workers=2) as server:
+        # As if another worker had published a model whose files have not arrived here.
+        asyncio.run(DesiredModelStore(state_dir).publish(str(pending), None))
+        mismatched: set[int] = set()
+
+        def both_unready_with_mismatch() -> bool:
+            ready = fresh(server.url, "/health/ready")
+            if ready.status_code == 503 and any(
+                    "model mismatch" in reason for reason in ready.json()["reasons"]):
+                mismatched.add(fresh(server.url, "/health").json()["worker"]["pid"])
+            return len(mismatched) == 2
+
+        wait_until(both_unready_with_mismatch, 30, period=0.1, what="mismatch on both workers")
+        naming_it = httpx.post(server.url + "/v1/images/generations", timeout=60,
+                               json={"prompt": "x", "size": "64x64", "model": pending.name})
+        not_naming = httpx.post(server.url + "/v1/images/generations", timeout=60,
+                                json={"prompt": "x", "size": "64x64"})
+        shutil.copytree(other_model, pending)  # the files arrive: the retries now succeed
+        wait_until(lambda: served_models(server.url) == {pending.name}, 90, period=0.3,
+                   what="every worker converged")
+        ready_after = [fresh(server.url, "/health/ready").status_code for _ in range(8)]
+    assert naming_it.status_code == 503, naming_it.text
+    assert naming_it.json()["error"]["code"] == "model_switching"
+    assert int(naming_it.headers["retry-after"]) >= 1
+    assert not_naming.status_code == 200  # the old model keeps serving meanwhile
+    assert ready_after == [200] * 8
 
 
 def test_admin_endpoints_without_admin_key_are_off(demo_model_dir: Path) -> None:

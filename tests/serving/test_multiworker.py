@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.support.recovery import sigterm_worker_under_load
 from tests.support.scrape import value
 from tests.support.server import RunningServer, gunicorn_server
 
@@ -111,11 +112,39 @@ def test_shutdown_sigterm_finishes_inflight_and_queued_work(demo_model_dir) -> N
         with ThreadPoolExecutor(6) as pool:
             futures = [pool.submit(httpx.post, server.url + GENERATE, json=slow, timeout=60)
                        for _ in range(6)]
-            time.sleep(0.7)  # all six are accepted: running or queued
+            assert wait_for(lambda: outstanding(server) == 6, 30)  # all running or queued
             server.process.send_signal(signal.SIGTERM)
             statuses = [future.result().status_code for future in futures]
         exit_code = server.process.wait(30)
         log = server.log()
     assert statuses == [200] * 6
     assert exit_code == 0
+    assert "draining: refusing new work" in log
+
+
+def outstanding(server: RunningServer) -> float:
+    text = scrapes(server, 1)[0]
+    return value(text, "image_generation_queue_depth") + value(text, "image_generation_inflight")
+
+
+def test_shutdown_sigterm_to_worker_under_load_answers_every_request_once(
+    demo_model_dir,
+) -> None:
+    """A real SIGTERM to one worker while clients keep sending: work it cannot finish within
+    the grace period is answered with 503 before the end, never cut as a reset."""
+    # 2 s per request, one at a time, ~4 waiting per worker: far more than the victim can
+    # finish in its 3 s grace, so the leftover path is taken.
+    env = {"SLEEPWELL_FAULT_INJECTION": "true", "SLEEPWELL_MAX_BATCH_SIZE": "1",
+           "SLEEPWELL_GRACEFUL_TIMEOUT_S": "3"}
+    body = {"prompt": "[[slow=0.25]] long", "size": "64x64", "num_inference_steps": 8}
+    with gunicorn_server(env, workers=2) as server:
+        result = sigterm_worker_under_load(server, body, clients=8, requests_per_client=3,
+                                           victim_holding=3)
+        log = server.log()
+    print(f"\nSIGTERM under load: {result}")
+    assert result.resets == 0, result
+    assert set(result.answers) <= {"200", "503 shutting_down", "503 draining"}, result
+    assert result.answers["503 shutting_down"] > 0, result  # leftovers answered, not cut
+    assert sum(result.answers.values()) == result.sent
+    assert result.counted == result.sent  # every answer counted, and only once
     assert "draining: refusing new work" in log

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 from fastapi.testclient import TestClient
@@ -11,6 +10,7 @@ from app.main import create_app
 from app.serving.health import WorkerState
 from app.serving.service import Service
 from app.settings import Settings
+from tests.support.waiting import wait_until
 
 
 def settings_for(model_dir: Path, **overrides: object) -> Settings:
@@ -58,8 +58,4 @@ def test_health_drain_turns_unready_at_once_and_refuses_work(demo_model_dir) -> 
 
 
 def _wait_ready(client: TestClient) -> None:
-    for _ in range(300):
-        if client.get("/health/ready").status_code == 200:
-            return
-        time.sleep(0.05)
-    raise AssertionError("never ready")
+    wait_until(lambda: client.get("/health/ready").status_code == 200, 60, what="ready")

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
+from tests.support.procnet import established_connections
 from tests.support.server import RunningServer
 
 GENERATE = "/v1/images/generations"
@@ -97,7 +98,7 @@ async def overload(server: RunningServer, factor: float, seconds: float) -> Over
 @dataclass
 class CrashResult:
     victim_pid: int
-    outstanding_at_kill: int
+    victim_held: int  # requests the killed worker had accepted and not answered
     seconds_to_ready: float
     statuses: Counter[int | str] = field(default_factory=Counter)
 
@@ -111,33 +112,31 @@ async def crash(
 ) -> CrashResult:
     """Closed-loop load; SIGKILL one worker mid-way; time until a replacement is ready."""
     statuses: Counter[int | str] = Counter()
-    outstanding = 0
     stop_at = time.monotonic() + seconds
 
     async def client_loop() -> None:
-        nonlocal outstanding
         # A fresh connection per request: only requests really in flight can be lost.
         async with httpx.AsyncClient(timeout=60, headers={"connection": "close"}) as client:
             while time.monotonic() < stop_at:
-                outstanding += 1
                 try:
                     statuses[(await client.post(server.url + GENERATE, json=BODY)).status_code] += 1
                 except httpx.HTTPError as exc:
                     statuses[type(exc).__name__] += 1
-                finally:
-                    outstanding -= 1
 
     loops = [asyncio.create_task(client_loop()) for _ in range(clients)]
-    await asyncio.sleep(kill_after)
+    await asyncio.sleep(kill_after)  # the load generator's schedule, not a wait on state
     before = server.worker_pids()
     victim = before[0]
-    in_flight = outstanding
+    # Frozen first, so what it holds can be counted exactly: its open connections are its
+    # accepted, unanswered requests (one request per connection).
+    os.kill(victim, signal.SIGSTOP)
+    held = established_connections(victim, server.port)
     os.kill(victim, signal.SIGKILL)
     killed_at = time.monotonic()
     ready_after = await asyncio.to_thread(_wait_replacement_ready, server, before, 60.0)
     ready_seconds = ready_after - killed_at
     await asyncio.gather(*loops)
-    return CrashResult(victim, in_flight, ready_seconds, statuses)
+    return CrashResult(victim, held, ready_seconds, statuses)
 
 
 def _wait_replacement_ready(server: RunningServer, before: list[int], timeout: float) -> float:
