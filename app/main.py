@@ -15,8 +15,9 @@ from prometheus_fastapi_instrumentator import Instrumentator
 from app import __version__
 from app.api.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
 from app.api.openapi import install_openapi
-from app.api.routers import admin, health, images, metrics, models
+from app.api.routers import admin, health, images, jobs, metrics, models
 from app.errors import install_error_handlers
+from app.jobs.component import start_jobs
 from app.observability.access_log import AccessLogMiddleware
 from app.observability.logging_setup import configure_logging
 from app.security.cors import cors_options
@@ -39,18 +40,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         service = Service(settings)
         app.state.service = service
         await service.start()
+        jobs_component = await start_jobs(app.state, service)  # jobs (issue 10)
         restore = _drain_on_sigterm(service)
         try:
             yield
         finally:
             restore()
+            if jobs_component is not None:  # jobs: take no new job while draining
+                jobs_component.stop_taking()
             await service.stop()
+            if jobs_component is not None:  # jobs: outcomes recorded, the rest handed back
+                await jobs_component.stop()
 
     app = FastAPI(title="Sleepwell", version=__version__, lifespan=lifespan)
     app.state.settings = settings
     install_error_handlers(app)
     install_openapi(app)
-    for router in (images.router, models.router, health.router, metrics.router, admin.router):
+    for router in (images.router, models.router, health.router, metrics.router, admin.router,
+                   jobs.router):
         app.include_router(router)
     Instrumentator(
         excluded_handlers=["/metrics", "/health.*"],

