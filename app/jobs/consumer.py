@@ -95,7 +95,9 @@ class Consumer:
                 self._spawn(job)
 
     def _spawn(self, saq_job: Job) -> None:
-        task = asyncio.create_task(self._run(ActiveJob(saq_job)), name=f"job-{saq_job.key}")
+        job = ActiveJob(saq_job)
+        self.active[job.id] = job  # now, so the next has_room() already counts it
+        task = asyncio.create_task(self._run(job), name=f"job-{saq_job.key}")
         self._runs.add(task)
         task.add_done_callback(self._runs.discard)
 
@@ -109,7 +111,6 @@ class Consumer:
 
     # --- one job ----------------------------------------------------------------------
     async def _run(self, job: ActiveJob) -> None:
-        self.active[job.id] = job
         try:
             await self._run_guarded(job)
         except DATABASE_DOWN as exc:
