@@ -32,6 +32,8 @@ class EmbeddedPostgres:
         with warnings.catch_warnings():  # platformdirs warns about XDG_RUNTIME_DIR
             warnings.simplefilter("ignore")
             self._server = get_server(self.data_dir, cleanup_mode=None)
+            # get_server caches per directory: a cached, stopped server must start again.
+            self._server.ensure_postgres_running()
         exists = self._server.psql(
             f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE}';"
         )

@@ -35,7 +35,11 @@ def wait_job(client: httpx.Client, key: str, job_id: str, until: Callable[[dict[
     deadline = time.monotonic() + timeout
     last: dict[str, Any] = {}
     while time.monotonic() < deadline:
-        response = client.get(f"/v1/jobs/{job_id}", headers=auth(key))
+        try:
+            response = client.get(f"/v1/jobs/{job_id}", headers=auth(key))
+        except httpx.TransportError:  # the worker holding our connection was killed
+            time.sleep(0.1)
+            continue
         if response.status_code == 200:
             last = response.json()
             if until(last):

@@ -48,4 +48,5 @@ class TestPostgres:
 
 def query(url: str, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
     with psycopg.connect(url, autocommit=True) as conn:
-        return list(conn.execute(sql.encode(), params).fetchall())
+        cursor = conn.execute(sql.encode(), params)
+        return list(cursor.fetchall()) if cursor.description is not None else []
