@@ -97,7 +97,8 @@ async def procrastinate_worker(dsn: str, queue_name: str) -> None:
     async with app.open_async():
         print("ready", flush=True)
         await app.run_worker_async(
-            queues=[queue_name, "default"], concurrency=2, install_signal_handlers=False, update_heartbeat_interval=HEARTBEAT_S,
+            queues=[queue_name, "default"], concurrency=2, install_signal_handlers=False,
+            update_heartbeat_interval=HEARTBEAT_S,
             stalled_worker_timeout=STUCK_AFTER_S, fetch_job_polling_interval=0.2,
         )
 

@@ -199,7 +199,7 @@ class Consumer:
         elif exc.code in RETRYABLE_CODES and job.saq_job.retryable:
             logger.info("job %s handed back (%s): another worker will run it", job.id, exc.code)
             await self.store.requeue(job.id)
-            await self.queue.generations.retry(job.saq_job, exc.code)
+            await self.queue.hand_back(job.saq_job, exc.code or "retry")
         else:
             await self._record(job, JobStatus.FAILED, error=error_of(exc))
 

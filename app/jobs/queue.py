@@ -27,6 +27,9 @@ from app.settings import Settings
 GENERATIONS = "sleepwell-generations"
 WEBHOOKS = "sleepwell-webhooks"
 GENERATE_FUNCTION = "generate"
+# SAQ dequeues by (priority, scheduled), and a retry gets scheduled "now": a redelivered job
+# would queue behind the whole backlog. New jobs get NEW; redelivered ones AGAIN, in front.
+NEW, AGAIN = 10, 0
 
 
 def _queue(pool: AsyncConnectionPool[Any], name: str) -> PostgresQueue:
@@ -64,7 +67,19 @@ class JobQueue:
             heartbeat=self.settings.job_heartbeat_s,
             retries=self.settings.job_max_attempts,
             ttl=int(self.settings.job_ttl_s),
+            priority=NEW,
         )
+
+    async def hand_back(self, job: Job, reason: str) -> None:
+        """A draining worker returns a job: queued again, ahead of new ones."""
+        await self.generations.retry(job, reason)
+        await self._to_front([job.key])
+
+    async def _to_front(self, keys: list[str]) -> None:
+        async with self.generations.pool.connection() as conn:
+            await conn.execute(
+                "UPDATE saq_jobs SET priority = %s WHERE queue = %s AND key = ANY(%s)"
+                " AND status = 'queued'", (AGAIN, GENERATIONS, keys))
 
     async def dequeue_generation(self) -> Job | None:
         return await self.generations.dequeue(
@@ -82,5 +97,6 @@ class JobQueue:
         """Requeue jobs whose heartbeat stopped. ``abort=None``: do not wait (SAQ's default
         waits 5 s on a LISTEN for a dead worker to acknowledge, delaying redelivery)."""
         swept: list[str] = await self.generations.sweep(abort=None)  # type: ignore[arg-type]
-        swept += await self.webhooks.sweep(abort=None)  # type: ignore[arg-type]
-        return swept
+        if swept:
+            await self._to_front(swept)
+        return swept + await self.webhooks.sweep(abort=None)  # type: ignore[arg-type]

@@ -48,7 +48,9 @@ def wait_job(client: httpx.Client, key: str, job_id: str, until: Callable[[dict[
     raise TimeoutError(f"job {job_id} never matched; last seen {last}")
 
 
-def wait_final(client: httpx.Client, key: str, job_id: str, timeout: float = 90.0) -> dict[str, Any]:
+def wait_final(
+    client: httpx.Client, key: str, job_id: str, timeout: float = 90.0
+) -> dict[str, Any]:
     return wait_job(client, key, job_id, lambda job: job["status"] in FINAL, timeout)
 
 
