@@ -56,9 +56,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     install_error_handlers(app)
     install_openapi(app)
-    for router in (images.router, models.router, health.router, metrics.router, admin.router,
-                   jobs.router):
+    for router in (images.router, models.router, health.router, metrics.router, admin.router):
         app.include_router(router)
+    if settings.jobs_enabled:  # jobs (issue 10): off = no endpoints (404), not 503s
+        app.include_router(jobs.router)
     Instrumentator(
         excluded_handlers=["/metrics", "/health.*"],
         should_group_status_codes=False,
