@@ -28,6 +28,7 @@ _settings = Settings()
 _gpu_ids = visible_gpu_ids(_settings)
 _made_dirs: list[Path] = []
 _state_dir: list[Path] = []  # set in on_starting
+_embedded_postgres: list[Any] = []  # jobs (issue 10): the embedded PostgreSQL we started
 
 wsgi_app = "app.main:create_app()"
 worker_class = "uvicorn_worker.UvicornWorker"
@@ -73,9 +74,17 @@ def on_starting(server: Any) -> None:
     if _settings.state_dir is None:
         _made_dirs.append(state_dir)
     _state_dir.append(state_dir)
+    # --- jobs (issue 10): a database (embedded without SLEEPWELL_DATABASE_URL), migrated
+    # once here, before any worker forks; workers inherit SLEEPWELL_DATABASE_URL.
+    from app.jobs.bootstrap import prepare_database
+
+    prepare_database(_settings, _embedded_postgres)
+    # --- end jobs
 
 
 def on_exit(server: Any) -> None:
+    for embedded in _embedded_postgres:  # jobs (issue 10): stopped with the master
+        embedded.stop()
     for directory in _made_dirs:
         shutil.rmtree(directory, ignore_errors=True)
 

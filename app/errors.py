@@ -71,6 +71,14 @@ class ModelNotFound(NotFound):
     code = "model_not_found"
 
 
+class Conflict(SleepwellError):
+    """The request contradicts an earlier one (e.g. an Idempotency-Key reused: jobs)."""
+
+    status_code = 409
+    error_type = "invalid_request_error"
+    code = "conflict"
+
+
 class RequestTimeout(SleepwellError):
     """The body did not arrive in time (a slow or stalled upload: slowloris)."""
 

@@ -16,8 +16,9 @@ from prometheus_fastapi_instrumentator import Instrumentator
 from app import __version__
 from app.api.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
 from app.api.openapi import install_openapi
-from app.api.routers import admin, health, images, metrics, models
+from app.api.routers import admin, health, images, jobs, metrics, models
 from app.errors import install_error_handlers
+from app.jobs.component import start_jobs
 from app.observability.access_log import AccessLogMiddleware
 from app.observability.logging_setup import configure_logging
 from app.security.cors import cors_options
@@ -40,12 +41,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         service = Service(settings)
         app.state.service = service
         await service.start()
+        jobs_component = await start_jobs(app.state, service)  # jobs (issue 10)
         restore = _drain_on_sigterm(service)
         try:
             yield
         finally:
             restore()
+            if jobs_component is not None:  # jobs: take no new job while draining
+                jobs_component.stop_taking()
             await service.stop()
+            if jobs_component is not None:  # jobs: outcomes recorded, the rest handed back
+                await jobs_component.stop()
 
     app = FastAPI(title="Sleepwell", version=__version__, lifespan=lifespan)
     app.state.settings = settings
@@ -53,6 +59,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_openapi(app)
     for router in (images.router, models.router, health.router, metrics.router, admin.router):
         app.include_router(router)
+    if settings.jobs_enabled:  # jobs (issue 10): off = no endpoints (404), not 503s
+        app.include_router(jobs.router)
     Instrumentator(
         excluded_handlers=["/metrics", "/health.*"],
         should_group_status_codes=False,

@@ -186,6 +186,45 @@ class Settings(BaseSettings):
     )
     # --- end feishu relay --------------------------------------------------------------
 
+    # --- jobs (issue 10): durable async jobs on PostgreSQL -------------------------------
+    jobs_enabled: bool = Field(True, description="serve /v1/jobs and consume jobs")
+    database_url: SecretStr | None = Field(
+        None, description="postgresql://...; unset = an embedded PostgreSQL under .cache/"
+    )
+    embedded_postgres_dir: Path = PROJECT_ROOT / ".cache" / "postgres"
+    database_timeout_s: float = Field(
+        2.0, gt=0, description="per connection wait and per statement; then 503"
+    )
+    database_pool_size: int = Field(8, ge=2, description="connections per worker, at most")
+    job_ttl_s: float = Field(
+        86400.0, gt=0, description="finished jobs (and results) are kept this long; then 404"
+    )
+    job_heartbeat_s: int = Field(
+        3, ge=1, description="a running job with no heartbeat for this long is redelivered"
+    )
+    job_sweep_interval_s: float = Field(1.0, gt=0, description="how often to look for stuck jobs")
+    job_poll_interval_s: float = Field(0.25, gt=0, description="idle worker polls for jobs")
+    job_max_attempts: int = Field(5, ge=1, description="deliveries of one job before it fails")
+    job_progress_interval_s: float = Field(
+        0.5, gt=0, description="progress is written to the database at most this often"
+    )
+    jobs_probe_interval_s: float = Field(
+        2.0, gt=0, description="database check and backlog metrics, this often"
+    )
+    webhook_secret: SecretStr | None = Field(
+        None, description="Standard Webhooks secret (whsec_...); unset = webhooks refused"
+    )
+    webhook_allowed_hosts: str | None = Field(
+        None, description="comma-separated hosts allowed although loopback/private"
+    )
+    webhook_timeout_s: float = Field(10.0, gt=0, description="per delivery attempt")
+    webhook_max_attempts: int = Field(8, ge=1, le=30)
+    webhook_retry_delay_s: float = Field(
+        2.0, ge=0, description="first retry's delay; doubles (with jitter) each time"
+    )
+    webhook_retry_max_s: float = Field(600.0, gt=0, description="longest delay between tries")
+    # --- end jobs ----------------------------------------------------------------------
+
     @field_validator("log_level")
     @classmethod
     def _lower_log_level(cls, value: str) -> str:

@@ -123,6 +123,51 @@ GPU_TEMPERATURE = Gauge(
 )
 
 
+# --- jobs (issue 10) ----------------------------------------------------------------------
+JOB_STATUSES = ("succeeded", "failed", "cancelled")
+WEBHOOK_OUTCOMES = ("delivered", "retried", "failed", "refused")
+JOBS = Counter(
+    "jobs",
+    "Jobs by final status, counted once per job by the worker whose write made it final.",
+    ["status"],
+)
+# The next three come from the shared database, so every worker of every replica reports
+# the same value: "livemax" keeps one per scrape; aggregate replicas with max(), not sum().
+JOBS_QUEUED = Gauge(
+    "jobs_queued",
+    "Jobs waiting for a worker, from the database (all replicas).",
+    multiprocess_mode="livemax",
+)
+JOBS_OLDEST_QUEUED_AGE = Gauge(
+    "jobs_oldest_queued_age_seconds",
+    "Age of the oldest queued job, from the database; 0 when none waits.",
+    multiprocess_mode="livemax",
+)
+JOBS_DATABASE_UP = Gauge(
+    "jobs_database_up",
+    "1 when this worker's last job-database check succeeded; one series per worker.",
+    multiprocess_mode="liveall",
+)
+JOB_REDELIVERIES = Counter(
+    "job_redeliveries",
+    "Job deliveries after the first: a worker died or drained while running the job.",
+)
+WEBHOOK_DELIVERIES = Counter(
+    "webhook_deliveries",
+    "Webhook delivery attempts by outcome: delivered, retried, failed (gave up), refused.",
+    ["outcome"],
+)
+
+
+def initialise_job_series() -> None:
+    for status in JOB_STATUSES:
+        JOBS.labels(status=status)
+    for outcome in WEBHOOK_OUTCOMES:
+        WEBHOOK_DELIVERIES.labels(outcome=outcome)
+    JOB_REDELIVERIES.inc(0)
+    JOBS_DATABASE_UP.set(0)
+
+
 def render_latest(multiprocess_dir: Path | None) -> tuple[bytes, str]:
     """The exposition for a scrape: every worker's samples in multiprocess mode."""
     if multiprocess_dir is None:

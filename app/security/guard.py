@@ -49,6 +49,7 @@ class GuardMiddleware:
         self.settings = settings
         self.api_keys = KeyRing(configured_api_keys(settings))
         self.metrics_token = KeyRing.of(settings.metrics_token)
+        self.admin_key = KeyRing.of(settings.admin_key)  # jobs: operators list every job
         self.limiter = RateLimiter(settings)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -96,6 +97,10 @@ class GuardMiddleware:
         if not path.startswith("/v1/"):
             return by_ip
         identity = ("ip", ip)
+        # --- jobs (issue 10): GET /v1/jobs also takes the admin key (operators' list).
+        if path == "/v1/jobs" and self.admin_key.match(bearer_token(authorization)):
+            return by_ip
+        # --- end jobs
         if self.api_keys.enabled:
             token = bearer_token(authorization)
             if not self.api_keys.match(token):

@@ -100,6 +100,13 @@ class Runner:
             steps += max(g.params.steps for g in queued[start : start + self.max_batch])
         return steps * per_step
 
+    def spare_capacity(self) -> int:
+        """Free slots of the next pipeline call: what background work (jobs) may fill
+        without making a waiting request wait longer. 0 while not accepting."""
+        if not self.accepting:
+            return 0
+        return max(0, self.max_batch - len(self.queue) - len(self.inflight))
+
     def cancel(self, generation: Generation, reason: SleepwellError) -> None:
         """Answer ``generation`` with ``reason`` now; if queued, it leaves the queue at once."""
         if generation in self.queue:

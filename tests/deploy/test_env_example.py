@@ -16,6 +16,7 @@ ENTRY = re.compile(r"^#?\s?([A-Z][A-Z0-9_]*)=(.*)$")
 DOCUMENTED_NOT_DEFAULT = {
     # The code default is absolute (inside the checkout); the file shows it relative.
     "demo_model_dir",
+    "embedded_postgres_dir",  # jobs (issue 10): same reason
 }
 # SLEEPWELL_* entries that Compose reads, not the service.
 NOT_SETTINGS = {"SLEEPWELL_PUBLISH_ADDR", "SLEEPWELL_IMAGE", "SLEEPWELL_CPU_IMAGE"}

@@ -215,3 +215,14 @@ def test_k8s_adapter_queries_render_to_valid_promql(tmp_path: Path) -> None:
     result = subprocess.run([str(PROMTOOL), "check", "rules", str(path)],
                             capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_k8s_hpa_scales_on_jobs_queued_through_an_external_adapter_rule() -> None:
+    """jobs (issue 10): the backlog is one number for all pods (External, AverageValue)."""
+    hpa = k8s_documents()["HorizontalPodAutoscaler"]["spec"]
+    (external,) = [m["external"] for m in hpa["metrics"] if m["type"] == "External"]
+    assert external["target"]["type"] == "AverageValue"
+    rules = load_yaml(ADAPTER_VALUES)["rules"]["external"]
+    (rule,) = [r for r in rules if r["name"]["as"] == external["metric"]["name"]]
+    assert rule["seriesQuery"].startswith("'jobs_queued") or "jobs_queued" in rule["seriesQuery"]
+    assert rule["metricsQuery"].startswith("max(")

@@ -51,6 +51,14 @@ SMTP_USER = "sleepwell-alerts@example.com"  # smtp_auth_username in alertmanager
 SMTP_PASSWORD = "e2e-smtp-password"
 ONCALL = "oncall@example.com"
 SERVICE_ENV = {"SLEEPWELL_FAULT_INJECTION": "true"}
+
+
+def _service_env(workdir: Path) -> dict[str, str]:
+    """Jobs on, with the embedded PostgreSQL (the `make run` default) in the stack's dir:
+    the Jobs row of the dashboard is checked too, and a SIGKILLed master leaves it running
+    for the restarted one to reuse."""
+    return {**SERVICE_ENV, "SLEEPWELL_JOBS_ENABLED": "true",
+            "SLEEPWELL_EMBEDDED_POSTGRES_DIR": str(workdir / "postgres")}
 PAGE_TIMEOUT_S = 90.0
 
 
@@ -77,7 +85,7 @@ class Stack:
 
     def start_service(self) -> RunningServer:
         self.server = self.exits.enter_context(
-            gunicorn_server(SERVICE_ENV, port=self.api_port, ready_timeout=120))
+            gunicorn_server(_service_env(self.workdir), port=self.api_port, ready_timeout=120))
         return self.server
 
     def diagnostics(self) -> str:
@@ -122,7 +130,7 @@ def stack() -> Iterator[Stack]:
         processes.append(start_prometheus(workdir, ports, configs["prometheus"], configs["rules"]))
         prometheus = Prometheus(ports.prometheus)
         exits.callback(prometheus.close)
-        server = exits.enter_context(gunicorn_server(SERVICE_ENV, port=api_port))
+        server = exits.enter_context(gunicorn_server(_service_env(workdir), port=api_port))
         built = Stack(exits, workdir, ports, api_port, feishu, smtp, prometheus, processes, server)
         try:
             wait_until(lambda: not prometheus.targets_down(), 60, "every target up")

@@ -30,6 +30,8 @@ TEST_ENV = {
     "SLEEPWELL_DEMO_MODEL_DIR": str(DEMO_MODEL_DIR),
     "SLEEPWELL_GRACEFUL_TIMEOUT_S": "20",
     "SLEEPWELL_LOG_LEVEL": "info",
+    # Jobs need a database; tests that use jobs turn them on with their own (tests/jobs).
+    "SLEEPWELL_JOBS_ENABLED": "false",
 }
 
 

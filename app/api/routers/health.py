@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from app.api.deps import ServiceDep
@@ -32,5 +32,15 @@ async def ready(service: ServiceDep) -> JSONResponse:
 
 
 @router.get("/health")
-async def deep(service: ServiceDep) -> JSONResponse:
-    return _answer(*service.health.report())
+async def deep(service: ServiceDep, request: Request) -> JSONResponse:
+    ok, body = service.health.report()
+    # --- jobs (issue 10): the job database's state, shown but never failing the report:
+    # the sync API does not need the database, so an outage must not take this replica out
+    # of rotation (readiness stays green); job endpoints answer 503 + Retry-After instead.
+    jobs = getattr(request.app.state, "jobs", None)
+    if getattr(request.app.state.settings, "jobs_enabled", False):
+        body["checks"]["jobs"] = bool(jobs is not None and jobs.available)
+        if jobs is not None and not jobs.available:
+            body["jobs_error"] = jobs.database.last_error or "not connected yet"
+    # --- end jobs
+    return _answer(ok, body)

@@ -1,0 +1,147 @@
+"""/v1/jobs: durable async image generation (submit, watch, cancel, list). Logic: app/jobs."""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query, Request
+from fastapi.responses import JSONResponse
+from sse_starlette import EventSourceResponse
+
+from app.api.deps import RequestIdDep, ServiceDep
+from app.api.schemas import MAX_SEED
+from app.errors import InvalidRequest, NotFound, ServiceUnavailable
+from app.jobs.component import JobsComponent
+from app.jobs.database import UNAVAILABLE_ERRORS
+from app.jobs.events import job_events
+from app.jobs.schemas import FINAL_STATUSES, JobCreateRequest, JobList, JobStatus, JobView
+from app.jobs.ssrf import check_target
+from app.jobs.store import NewJob
+from app.observability import metrics
+from app.security.keys import KeyRing, bearer_token
+from app.serving.admission import build_generation
+
+router = APIRouter(tags=["jobs"])
+ANONYMOUS = "anonymous"  # the owner of every job while API keys are off
+
+
+def get_jobs(request: Request) -> JobsComponent:
+    jobs: JobsComponent | None = getattr(request.app.state, "jobs", None)
+    if jobs is None:
+        raise ServiceUnavailable(
+            "Jobs need a database: set SLEEPWELL_DATABASE_URL or run under gunicorn "
+            "(make run), which starts the embedded one.", code="jobs_unavailable",
+            retry_after_s=30)
+    jobs.require()
+    return jobs
+
+
+def owner_of(request: Request) -> str:
+    return str(getattr(request.state, "key_id", None) or ANONYMOUS)
+
+
+def is_admin(request: Request) -> bool:
+    header = request.headers.get("authorization")
+    token = bearer_token(header.encode("latin-1")) if header is not None else None
+    return KeyRing.of(request.app.state.settings.admin_key).match(token)
+
+
+def _answer(view: JobView, status_code: int = 200, **headers: str) -> JSONResponse:
+    return JSONResponse(view.wire(), status_code=status_code, headers=headers)
+
+
+async def _owned(jobs: JobsComponent, job_id: str, request: Request) -> dict[str, Any]:
+    """The job, if it exists for this caller: another key's job is a 404 like no job."""
+    row = await jobs.store.get(job_id)
+    if row is None or row["owner"] != owner_of(request):
+        raise NotFound(f"No job '{job_id}' exists for this API key.", param="id",
+                       code="job_not_found")
+    if row["expired"]:
+        raise NotFound(
+            f"Job '{job_id}' expired at {row['expires_at'].isoformat()}: results are kept "
+            f"{jobs.settings.job_ttl_s:g}s after the job ends (SLEEPWELL_JOB_TTL_S).",
+            param="id", code="job_expired")
+    return row
+
+
+@router.post("/v1/jobs", status_code=202, response_model=JobView)
+async def create_job(
+    body: JobCreateRequest, request: Request, service: ServiceDep, request_id: RequestIdDep,
+    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+) -> JSONResponse:
+    jobs = get_jobs(request)
+    generation_body = body.generation_body()
+    seed = generation_body.seed if generation_body.seed is not None else secrets.randbelow(
+        MAX_SEED + 1)
+    # Validated against this worker's model; it need not be ready or idle: the queue is
+    # durable and any worker may run the job. Not a generation request, so not counted here.
+    model = service.engine.model
+    if model is None:
+        raise ServiceUnavailable("The model is still loading; retry shortly.",
+                                 code="model_loading", retry_after_s=5)
+    steps = build_generation(generation_body, service.settings, model, request_id).params.steps
+    if body.webhook is not None:
+        if jobs.webhooks.signer is None:
+            raise InvalidRequest("Webhooks need SLEEPWELL_WEBHOOK_SECRET on the server.",
+                                 param="webhook", code="webhooks_disabled")
+        await check_target(body.webhook, service.settings)
+    new = NewJob(
+        id=f"job_{uuid.uuid4().hex}", owner=owner_of(request), idempotency_key=idempotency_key,
+        request=generation_body.model_dump(mode="json"), seed=seed, steps=steps,
+        webhook_url=body.webhook, webhook_events=list(body.webhook_events),
+    )
+    row, created = await jobs.store.create(new)
+    if created:
+        try:
+            await jobs.queue.enqueue_generation(row["id"])
+        except UNAVAILABLE_ERRORS as exc:  # durable anyway: maintenance re-enqueues it
+            jobs.database.mark_down(exc)
+    headers = {"Location": f"/v1/jobs/{row['id']}"}
+    if not created:
+        headers["Idempotent-Replayed"] = "true"
+    return _answer(JobView.from_row(row, with_result=False), 202, **headers)
+
+
+@router.get("/v1/jobs/{job_id}", response_model=JobView)
+async def get_job(job_id: str, request: Request) -> JSONResponse:
+    jobs = get_jobs(request)
+    return _answer(JobView.from_row(await _owned(jobs, job_id, request)))
+
+
+@router.get("/v1/jobs/{job_id}/events")
+async def job_event_stream(job_id: str, request: Request) -> EventSourceResponse:
+    jobs = get_jobs(request)
+    await _owned(jobs, job_id, request)
+    stream = job_events(jobs.store, job_id, jobs.settings.job_progress_interval_s)
+    return EventSourceResponse(stream, ping=15, headers={"Cache-Control": "no-store"})
+
+
+@router.post("/v1/jobs/{job_id}/cancel", response_model=JobView)
+async def cancel_job(job_id: str, request: Request) -> JSONResponse:
+    """Queued: never runs. Running: stops at the next denoising step. Final: unchanged."""
+    jobs = get_jobs(request)
+    row = await _owned(jobs, job_id, request)
+    if JobStatus(row["status"]) in FINAL_STATUSES:
+        return _answer(JobView.from_row(row))
+    cancelled = await jobs.store.request_cancel(job_id)
+    if cancelled is not None and cancelled["status"] == JobStatus.CANCELLED.value:
+        metrics.JOBS.labels(status="cancelled").inc()
+        await jobs.queue.abort_queued(job_id)
+        await jobs.webhooks.notify(cancelled, "completed")
+    return _answer(JobView.from_row(cancelled or await _owned(jobs, job_id, request)))
+
+
+@router.get("/v1/jobs", response_model=JobList)
+async def list_jobs(
+    request: Request,
+    status: JobStatus | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> JSONResponse:
+    """The admin key lists every key's jobs (operators); an API key lists its own."""
+    jobs = get_jobs(request)
+    owner = None if is_admin(request) else owner_of(request)
+    rows = await jobs.store.list(owner, status.value if status else None, limit)
+    views = [JobView.from_row(row, with_result=False) for row in rows]
+    return JSONResponse(JobList(data=views).model_dump(mode="json", exclude_none=True))

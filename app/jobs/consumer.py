@@ -1,0 +1,225 @@
+"""Takes jobs into this worker's Runner while it has idle capacity, and records the outcome.
+
+Policy: synchronous requests first; jobs fill idle capacity. A job is dequeued only when no
+synchronous request waits in this worker's queue, the runner has a free batch slot
+(``Runner.spare_capacity``), and fewer than a batch of jobs is in hand, so no worker hoards
+jobs another worker could run. A job then runs exactly like a synchronous request: the same
+``build_generation``, runner, batching, step callback, health and metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from dataclasses import dataclass, field
+from typing import Any
+
+from saq.job import Job, Status
+
+from app.api.schemas import ImageData, ImageGenerationRequest
+from app.errors import Cancelled, QueueFull, ServiceUnavailable, SleepwellError
+from app.jobs.database import DATABASE_DOWN, UNAVAILABLE_ERRORS, Database
+from app.jobs.queue import JobQueue
+from app.jobs.schemas import JobStatus
+from app.jobs.store import JobStore
+from app.jobs.webhooks import Webhooks
+from app.observability import metrics
+from app.serving.admission import build_generation
+from app.serving.encoding import encode_images
+from app.serving.generation import Generation
+from app.serving.health import SERVING_STATES
+from app.serving.service import Service
+
+logger = logging.getLogger("sleepwell.jobs.consumer")
+# Answers that say "this worker cannot run it now", not "this job is bad": try another.
+RETRYABLE_CODES = {"draining", "shutting_down", "worker_stalled", "scheduler_failed",
+                   "model_switching", "out_of_memory",
+                   "model_loading", "queue_full"}
+_FINAL_WRITE_TRIES = 60
+
+
+@dataclass(eq=False)
+class ActiveJob:
+    saq_job: Job
+    row: dict[str, Any] = field(default_factory=dict)
+    generation: Generation | None = None
+    cancelled: bool = False
+    tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+
+    @property
+    def id(self) -> str:
+        return self.saq_job.key
+
+
+def error_of(exc: SleepwellError) -> dict[str, Any]:
+    return {"message": exc.message, "type": exc.error_type, "code": exc.code}
+
+
+class Consumer:
+    def __init__(self, service: Service, database: Database, store: JobStore, queue: JobQueue,
+                 webhooks: Webhooks) -> None:
+        self.service, self.settings = service, service.settings
+        self.database, self.store, self.queue, self.webhooks = database, store, queue, webhooks
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
+        self.active: dict[str, ActiveJob] = {}
+        self.taking = True
+        self._runs: set[asyncio.Task[None]] = set()
+
+    # --- taking jobs ------------------------------------------------------------------
+    def has_room(self) -> bool:
+        runner = self.service.runner
+        if not self.taking or self.service.health.state() not in SERVING_STATES:
+            return False
+        ours = {id(job.generation) for job in self.active.values()}
+        sync_waiting = any(id(generation) not in ours for generation in runner.queue)
+        return (not sync_waiting and runner.spare_capacity() > 0
+                and len(self.active) < runner.max_batch)
+
+    async def run_forever(self) -> None:
+        pause = self.settings.job_poll_interval_s
+        while self.taking:
+            if not self.has_room():
+                await asyncio.sleep(self.settings.job_poll_interval_s / 2)
+                continue
+            try:
+                job = await self.queue.dequeue_generation()
+            except UNAVAILABLE_ERRORS as exc:
+                self.database.mark_down(exc)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 5.0)
+                continue
+            pause = self.settings.job_poll_interval_s
+            if job is not None:
+                self._spawn(job)
+
+    def _spawn(self, saq_job: Job) -> None:
+        job = ActiveJob(saq_job)
+        self.active[job.id] = job  # now, so the next has_room() already counts it
+        task = asyncio.create_task(self._run(job), name=f"job-{saq_job.key}")
+        self._runs.add(task)
+        task.add_done_callback(self._runs.discard)
+
+    async def stop(self, timeout_s: float) -> None:
+        """After the runner stopped: let each job record its outcome or hand it back."""
+        self.taking = False
+        if self._runs:
+            _, pending = await asyncio.wait(set(self._runs), timeout=timeout_s)
+            for task in pending:
+                task.cancel()
+
+    # --- one job ----------------------------------------------------------------------
+    async def _run(self, job: ActiveJob) -> None:
+        try:
+            await self._run_guarded(job)
+        except DATABASE_DOWN as exc:
+            # The database went away mid-job: its heartbeat stops, and the sweep gives the
+            # job to a worker once the database is back. Nothing else to do here.
+            logger.warning("job %s left for redelivery: %s", job.id, exc)
+        except Exception:
+            logger.exception("job %s: unexpected error in the consumer", job.id)
+        finally:
+            for task in job.tasks:
+                task.cancel()
+            self.active.pop(job.id, None)
+
+    async def _run_guarded(self, job: ActiveJob) -> None:
+        job.saq_job.attempts += 1
+        await job.saq_job.update()  # persists the attempt and is the first heartbeat
+        row = await self.store.start(job.id, self.worker_id)
+        if row is None:  # cancelled while queued, or a twin delivery already finished it
+            await self.queue.generations.finish(job.saq_job, Status.COMPLETE)
+            return
+        job.row = row
+        if row["attempts"] > 1:
+            metrics.JOB_REDELIVERIES.inc()
+        if row["cancel_requested"]:
+            await self._record(job, JobStatus.CANCELLED, error=error_of(_cancelled()))
+            return
+        await self.webhooks.notify(row, "started")
+        try:
+            data = await self._generate(job, row)
+        except SleepwellError as exc:
+            await self._after_error(job, exc)
+            return
+        await self._record(job, JobStatus.SUCCEEDED, result=data)
+
+    async def _generate(self, job: ActiveJob, row: dict[str, Any]) -> list[dict[str, Any]]:
+        body = ImageGenerationRequest.model_validate(row["request"])
+        if body.seed is None:  # the seed fixed at submission: a redelivery makes the same image
+            body = body.model_copy(update={"seed": row["seed"]})
+        model = self.service.engine.model
+        if model is None:
+            raise ServiceUnavailable("The model is not loaded.", code="model_loading")
+        generation = build_generation(body, self.settings, model, f"job-{job.id}")
+        job.generation = generation
+        await self._submit(generation)
+        job.tasks.append(asyncio.create_task(self._watch(job, generation)))
+        images = await generation.future
+        encoded = await asyncio.to_thread(encode_images, images, generation.params.output_format)
+        return [ImageData(b64_json=b64, seed=seed).model_dump(exclude_none=True)
+                for b64, seed in zip(encoded, generation.seeds, strict=True)]
+
+    async def _submit(self, generation: Generation) -> None:
+        """A sync request may have taken the last slot since we looked: wait for one."""
+        while True:
+            try:
+                self.service.runner.submit(generation)
+                return
+            except QueueFull:
+                if not self.taking:
+                    raise
+                await asyncio.sleep(self.settings.job_poll_interval_s)
+
+    async def _watch(self, job: ActiveJob, generation: Generation) -> None:
+        """Progress to the database (throttled), heartbeats to SAQ, and cancel requests."""
+        steps, last_step = generation.params.steps, -1
+        beat_every = max(0.5, self.settings.job_heartbeat_s / 3)
+        loop = asyncio.get_running_loop()
+        last_beat = loop.time()
+        while not generation.future.done():
+            await asyncio.sleep(min(self.settings.job_progress_interval_s, beat_every))
+            step = min(generation.steps_done, steps)
+            with contextlib.suppress(*DATABASE_DOWN):
+                if await self.store.progress(job.id, step):
+                    job.cancelled = True
+                    self.service.runner.cancel(generation, _cancelled())
+                    return
+                if step != last_step:
+                    last_step = step
+                    await self.webhooks.notify_progress(job.row, step)
+                if loop.time() - last_beat >= beat_every:
+                    await job.saq_job.update()
+                    last_beat = loop.time()
+
+    async def _after_error(self, job: ActiveJob, exc: SleepwellError) -> None:
+        if isinstance(exc, Cancelled) and job.cancelled:
+            await self._record(job, JobStatus.CANCELLED, error=error_of(exc))
+        elif exc.code in RETRYABLE_CODES and job.saq_job.retryable:
+            logger.info("job %s handed back (%s): another worker will run it", job.id, exc.code)
+            await self.store.requeue(job.id)
+            await self.queue.hand_back(job.saq_job, exc.code or "retry")
+        else:
+            await self._record(job, JobStatus.FAILED, error=error_of(exc))
+
+    async def _record(self, job: ActiveJob, status: JobStatus, *, result: Any = None,
+                      error: dict[str, Any] | None = None) -> None:
+        """The final write, retried while the database is away (heartbeats continue)."""
+        for attempt in range(_FINAL_WRITE_TRIES):
+            try:
+                won = await self.store.finish(job.id, status, result=result, error=error)
+                break
+            except DATABASE_DOWN:
+                if attempt == _FINAL_WRITE_TRIES - 1:
+                    raise
+                await asyncio.sleep(1.0)
+        if won is not None:
+            metrics.JOBS.labels(status=status.value).inc()
+            await self.webhooks.notify(won, "completed")
+        await self.queue.generations.finish(job.saq_job, Status.COMPLETE)
+
+
+def _cancelled() -> Cancelled:
+    return Cancelled("The job was cancelled.", code="job_cancelled")

@@ -1,0 +1,64 @@
+"""Periodic, idempotent upkeep of the jobs table; safe to run on every worker at once.
+
+- ``backlog``: the figures behind jobs_queued and jobs_oldest_queued_age_seconds, one
+  indexed query under the statement timeout.
+- ``reconcile``: keep ``sleepwell_jobs`` in step with SAQ (a swept job shows as queued
+  again; one SAQ gave up on is failed), re-enqueue a job whose enqueue was lost (the
+  database died between our insert and SAQ's), and drop expired results.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from app.jobs.database import Database
+from app.jobs.queue import GENERATIONS, JobQueue
+from app.observability import metrics
+
+logger = logging.getLogger("sleepwell.jobs.maintenance")
+_ORPHAN_AFTER_S = 10
+_TOMBSTONE_DAYS = 7  # an expired job still answers "expired" (not "unknown") this long
+
+
+async def backlog(database: Database) -> tuple[int, float]:
+    async with database.connection() as conn:
+        cursor = await conn.execute(
+            "SELECT count(*), COALESCE(EXTRACT(EPOCH FROM now() - min(created_at)), 0)"
+            " FROM sleepwell_jobs WHERE status = 'queued'")
+        row = await cursor.fetchone()
+    assert row is not None
+    return int(row[0]), float(row[1])
+
+
+async def reconcile(database: Database, queue: JobQueue) -> None:
+    async with database.connection() as conn:
+        await conn.execute(
+            "UPDATE sleepwell_jobs j SET status = 'queued', progress_step = 0 FROM saq_jobs s"
+            " WHERE s.key = j.id AND s.queue = %s AND j.status = 'running'"
+            " AND s.status = 'queued'", (GENERATIONS,))
+        cursor = await conn.execute(
+            "UPDATE sleepwell_jobs j SET status = 'failed', finished_at = clock_timestamp(),"
+            " expires_at = clock_timestamp() + %s * interval '1 s', error = jsonb_build_object("
+            "'message', 'The job was delivered ' || j.attempts || ' times and never finished"
+            " (SLEEPWELL_JOB_MAX_ATTEMPTS); its workers died or were drained.',"
+            " 'type', 'server_error', 'code', 'attempts_exhausted')"
+            " FROM saq_jobs s WHERE s.key = j.id AND s.queue = %s"
+            " AND j.status IN ('queued', 'running') AND s.status IN ('aborted', 'failed')"
+            " RETURNING j.id", (queue.settings.job_ttl_s, GENERATIONS))
+        for (job_id,) in await cursor.fetchall():
+            metrics.JOBS.labels(status="failed").inc()
+            logger.error("job %s failed: attempts exhausted", job_id)
+        cursor = await conn.execute(
+            "SELECT j.id FROM sleepwell_jobs j WHERE j.status = 'queued'"
+            " AND j.created_at < now() - %s * interval '1 s' AND NOT EXISTS"
+            " (SELECT 1 FROM saq_jobs s WHERE s.key = j.id) LIMIT 100", (_ORPHAN_AFTER_S,))
+        orphans = [row[0] for row in await cursor.fetchall()]
+        await conn.execute(
+            "UPDATE sleepwell_jobs SET result = NULL WHERE expires_at <= now()"
+            " AND result IS NOT NULL")
+        await conn.execute(
+            "DELETE FROM sleepwell_jobs WHERE expires_at <= now() - %s * interval '1 day'",
+            (_TOMBSTONE_DAYS,))
+    for job_id in orphans:
+        logger.warning("job %s had no queue entry; enqueueing it again", job_id)
+        await queue.enqueue_generation(job_id)

@@ -1,0 +1,80 @@
+"""Every table the service owns, in numbered migrations applied in order, exactly once.
+
+Applied by the gunicorn master at start (gunicorn.conf.py) and, idempotently, by each
+worker on its first connection (the database may have been down at master start). A
+transaction-scoped advisory lock makes concurrent runs wait for each other. To add a table
+(for example the shared desired model), append a ``Migration``; never edit an applied one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+
+_LOCK_KEY = 7_352_190_411  # arbitrary, fixed: "sleepwell migrations"
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "jobs", """
+CREATE TABLE sleepwell_jobs (
+    id text PRIMARY KEY,
+    owner text NOT NULL,
+    idempotency_key text,
+    status text NOT NULL,
+    request jsonb NOT NULL,
+    seed bigint NOT NULL,
+    webhook_url text,
+    webhook_events text[] NOT NULL DEFAULT '{}',
+    progress_step int NOT NULL DEFAULT 0,
+    progress_steps int NOT NULL,
+    attempts int NOT NULL DEFAULT 0,
+    completions int NOT NULL DEFAULT 0,
+    cancel_requested boolean NOT NULL DEFAULT false,
+    result jsonb,
+    error jsonb,
+    worker text,
+    created_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    started_at timestamptz,
+    finished_at timestamptz,
+    expires_at timestamptz
+);
+CREATE UNIQUE INDEX sleepwell_jobs_idempotency
+    ON sleepwell_jobs (owner, idempotency_key) WHERE idempotency_key IS NOT NULL;
+CREATE INDEX sleepwell_jobs_status_created ON sleepwell_jobs (status, created_at);
+CREATE INDEX sleepwell_jobs_owner_created ON sleepwell_jobs (owner, created_at);
+CREATE INDEX sleepwell_jobs_expires ON sleepwell_jobs (expires_at) WHERE expires_at IS NOT NULL;
+"""),
+)
+
+
+async def migrate(conn: psycopg.AsyncConnection[Any]) -> list[int]:
+    """Apply what is missing; returns the versions applied now (empty: already current)."""
+    applied_now: list[int] = []
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS sleepwell_schema_migrations ("
+            " version int PRIMARY KEY, name text NOT NULL,"
+            " applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        cursor = await conn.execute("SELECT version FROM sleepwell_schema_migrations")
+        done = {row[0] for row in await cursor.fetchall()}
+        for migration in MIGRATIONS:
+            if migration.version in done:
+                continue
+            await conn.execute(migration.sql.encode())
+            await conn.execute(
+                "INSERT INTO sleepwell_schema_migrations (version, name) VALUES (%s, %s)",
+                (migration.version, migration.name),
+            )
+            applied_now.append(migration.version)
+    return applied_now

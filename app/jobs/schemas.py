@@ -1,0 +1,94 @@
+"""Wire formats of /v1/jobs: Replicate/Cog-style predictions, results as the sync API's."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from app.api.schemas import ImageData, ImageGenerationRequest
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+FINAL_STATUSES = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
+WebhookEvent = Literal["started", "progress", "completed"]
+
+
+def _completed_only() -> list[WebhookEvent]:
+    return ["completed"]
+
+
+class JobCreateRequest(ImageGenerationRequest):
+    """The body of POST /v1/images/generations, plus where to report."""
+
+    webhook: str | None = Field(None, max_length=2048, description="https URL to notify")
+    webhook_events: list[WebhookEvent] = Field(
+        default_factory=_completed_only, max_length=3,
+        description='which events to send: "started", "progress", "completed"',
+    )
+
+    def generation_body(self) -> ImageGenerationRequest:
+        return ImageGenerationRequest.model_validate(
+            self.model_dump(exclude={"webhook", "webhook_events"})
+        )
+
+
+class JobProgress(BaseModel):
+    step: int
+    steps: int
+
+
+class JobError(BaseModel):
+    message: str
+    type: str
+    code: str | None = None
+
+
+class JobView(BaseModel):
+    id: str
+    object: Literal["job"] = "job"
+    status: JobStatus
+    progress: JobProgress
+    attempts: int
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    expires_at: datetime | None = None
+    result: list[ImageData] | None = None
+    error: JobError | None = None
+    webhook: str | None = None
+    webhook_events: list[str] = Field(default_factory=list)
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any], *, with_result: bool = True) -> JobView:
+        return cls(
+            id=row["id"],
+            status=JobStatus(row["status"]),
+            progress=JobProgress(step=row["progress_step"], steps=row["progress_steps"]),
+            attempts=row["attempts"],
+            created_at=row["created_at"],
+            started_at=row["started_at"],
+            finished_at=row["finished_at"],
+            expires_at=row["expires_at"],
+            result=row["result"] if with_result else None,
+            error=row["error"],
+            webhook=row["webhook_url"],
+            webhook_events=list(row["webhook_events"] or []),
+        )
+
+    def wire(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_none=True)
+
+
+class JobList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[JobView]

@@ -1,0 +1,101 @@
+"""Jobs survive what breaks: PostgreSQL restarted mid-run, a worker SIGKILLed mid-job.
+
+The heavy version (100 jobs, two service instances, three worker kills and a master kill)
+is bench/jobs_faults.py; these are the small, always-run versions of the same faults.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.jobs.helpers import auth, submit, wait_final, wait_job
+from tests.jobs.postgres import TestPostgres, query
+from tests.jobs.test_jobs_api import wait_health_jobs
+from tests.support.scrape import value
+from tests.support.server import gunicorn_server
+
+pytestmark = pytest.mark.slow
+KEY = "key-faults"
+SLOW = "[[slow=0.2]] a fox"
+
+
+def _env(url: str, workers_note: str = "") -> dict[str, str]:
+    return {
+        "SLEEPWELL_JOBS_ENABLED": "true",
+        "SLEEPWELL_DATABASE_URL": url,
+        "SLEEPWELL_FAULT_INJECTION": "true",
+        "SLEEPWELL_API_KEYS": KEY,
+        "SLEEPWELL_JOB_HEARTBEAT_S": "2",
+        "SLEEPWELL_DATABASE_TIMEOUT_S": "1",
+    }
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[TestPostgres]:
+    """A server of this test's own: it gets stopped and started again."""
+    server = TestPostgres()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+def test_jobs_postgres_restart_loses_nothing_and_sync_keeps_answering(
+    own_postgres: TestPostgres,
+) -> None:
+    url = own_postgres.new_database()
+    with gunicorn_server(_env(url)) as server, server.client(timeout=30) as client:
+        wait_health_jobs(client, True)
+        jobs = [submit(client, KEY, prompt=SLOW, steps=6) for _ in range(5)]
+        wait_job(client, KEY, jobs[0]["id"], lambda j: j["status"] == "running")
+        own_postgres.stop()
+        down = wait_health_jobs(client, False)
+        assert client.get("/health/ready").status_code == 200  # the sync API still serves
+        assert down["status"] == "healthy" and down["jobs_error"]
+        refused = client.get(f"/v1/jobs/{jobs[0]['id']}", headers=auth(KEY))
+        assert refused.status_code == 503 and int(refused.headers["retry-after"]) >= 1
+        assert refused.json()["error"]["code"] == "jobs_unavailable"
+        for _ in range(3):
+            sync = client.post("/v1/images/generations", headers=auth(KEY),
+                               json={"prompt": "during the outage", "size": "64x64"})
+            assert sync.status_code == 200, sync.text
+        own_postgres.restart_stopped()
+        wait_health_jobs(client, True)
+        finals = [wait_final(client, KEY, job["id"], timeout=120) for job in jobs]
+        assert [job["status"] for job in finals] == ["succeeded"] * 5, finals
+
+
+def _running_worker(server_pids: list[int], url: str, job_id: str) -> int:
+    (worker,) = query(url, "SELECT worker FROM sleepwell_jobs WHERE id = %s", (job_id,))[0]
+    pid = int(str(worker).rsplit(":", 1)[1])
+    assert pid in server_pids
+    return pid
+
+
+def test_jobs_worker_sigkill_mid_job_redelivers_and_finishes_once(postgres: TestPostgres) -> None:
+    url = postgres.new_database()
+    with gunicorn_server(_env(url), workers=2) as server, server.client(timeout=30) as client:
+        wait_health_jobs(client, True)
+        jobs = [submit(client, KEY, prompt=SLOW, steps=10) for _ in range(4)]
+        first = wait_job(client, KEY, jobs[0]["id"], lambda j: j["progress"]["step"] >= 1)
+        victim = _running_worker(server.worker_pids(), url, first["id"])
+        os.kill(victim, signal.SIGKILL)
+        killed_at = time.monotonic()
+        finals: list[dict[str, Any]] = [wait_final(client, KEY, job["id"], timeout=120)
+                                        for job in jobs]
+        assert [job["status"] for job in finals] == ["succeeded"] * 4, finals
+        redelivered = [job for job in finals if job["attempts"] > 1]
+        assert redelivered, finals  # at least the one the victim was running
+        assert time.monotonic() - killed_at < 120
+        rows = query(url, "SELECT count(*) FROM sleepwell_jobs WHERE status = 'succeeded'")
+        assert rows[0][0] == 4
+        text = httpx.get(f"{server.url}/metrics", timeout=10).text
+        assert value(text, "job_redeliveries_total") >= 1

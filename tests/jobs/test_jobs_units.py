@@ -1,0 +1,86 @@
+"""Units of app/jobs against a real PostgreSQL: migrations, store, SSRF checks, embedded."""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from app.jobs.database import Database
+from app.jobs.embedded import EmbeddedPostgres
+from app.jobs.migrations import MIGRATIONS, migrate
+from app.jobs.schemas import JobStatus
+from app.jobs.ssrf import WebhookRefused, resolve
+from app.jobs.store import JobStore, NewJob
+from app.settings import Settings
+from tests.jobs.postgres import TestPostgres, query
+
+
+async def test_migrations_apply_once_and_are_idempotent(postgres: TestPostgres) -> None:
+    url = postgres.new_database()
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        first = await migrate(conn)
+        second = await migrate(conn)
+    assert first == [m.version for m in MIGRATIONS] and second == []
+    assert query(url, "SELECT count(*) FROM sleepwell_schema_migrations")[0][0] == len(MIGRATIONS)
+
+
+async def test_store_first_final_write_wins_and_ttl_expires(postgres: TestPostgres) -> None:
+    url = postgres.new_database()
+    database = Database(url, Settings(database_timeout_s=2))
+    await database.open()
+    try:
+        async with database.connection() as conn:
+            await migrate(conn)
+        store = JobStore(database, ttl_s=0.5)
+        job = NewJob(id="job_unit", owner="o", idempotency_key=None, request={"prompt": "x"},
+                     seed=1, steps=2, webhook_url=None, webhook_events=[])
+        await store.create(job)
+        assert (await store.start("job_unit", "w1")) is not None
+        won = await store.finish("job_unit", JobStatus.SUCCEEDED, result=[{"seed": 1}])
+        lost = await store.finish("job_unit", JobStatus.SUCCEEDED, result=[{"seed": 2}])
+        assert won is not None and lost is None
+        row = await store.get("job_unit")
+        assert row is not None and row["result"] == [{"seed": 1}] and row["completions"] == 2
+        assert (await store.start("job_unit", "w2")) is None  # final: never runs again
+        for _ in range(50):
+            row = await store.get("job_unit")
+            if row is not None and row["expired"]:
+                break
+            await asyncio.sleep(0.1)
+        assert row is not None and row["expired"]
+    finally:
+        await database.close()
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:8000/x", "http://localhost/x",
+                                 "http://169.254.169.254/", "http://192.168.1.1/",
+                                 "http://[::ffff:127.0.0.1]/", "http://0.0.0.0/"])
+async def test_ssrf_refuses_non_public_targets_after_resolution(url: str) -> None:
+    with pytest.raises(WebhookRefused, match="non-public"):
+        await resolve(url, frozenset())
+
+
+async def test_ssrf_allowed_hosts_open_a_named_host_and_pin_its_address() -> None:
+    target = await resolve("http://127.0.0.1:8123/hook?a=1", frozenset({"127.0.0.1"}))
+    assert target.url == "http://127.0.0.1:8123/hook?a=1"
+    assert target.host_header == "127.0.0.1:8123"
+
+
+def test_embedded_postgres_keeps_data_across_restarts() -> None:
+    with tempfile.TemporaryDirectory(prefix="sw-emb-", dir="/tmp") as work:
+        embedded = EmbeddedPostgres(Path(work) / "pg")
+        url = embedded.start()
+        try:
+            query(url, "CREATE TABLE kept (x int); INSERT INTO kept VALUES (42)")
+        finally:
+            embedded.stop()
+        again = EmbeddedPostgres(Path(work) / "pg")
+        url = again.start()
+        try:
+            assert query(url, "SELECT x FROM kept") == [(42,)]
+        finally:
+            again.stop()
