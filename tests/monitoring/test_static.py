@@ -19,7 +19,7 @@ from tests.support.server import ROOT, VENV_BIN
 REQUIRED_ALERTS = {
     "ServiceDown", "HealthProbeFailing", "NotReady", "GPUMemoryHigh", "HighFailureRate",
     "HighLatency", "QueueSaturated", "CudaOOM", "WorkerRestarting", "DiskSpaceLow",
-    "MetricsMissing",
+    "MetricsMissing", "ModelLoadFailing",
 }
 DASHBOARD_TOPICS = {
     "request rate by status": r"by \(status\) \(rate\(image_generation_total",
@@ -30,6 +30,8 @@ DASHBOARD_TOPICS = {
     "queue depth": r"image_generation_queue_depth",
     "in-flight": r"image_generation_inflight",
     "queue wait": r"image_generation_queue_wait_seconds",
+    "answer time by status": r"by \(le, status\) \(rate\(image_generation_answer_seconds_bucket",
+    "model load failures": r"model_load_failures_total",
     "batch size": r"image_generation_batch_size",
     "gpu memory allocated": r"gpu_memory_allocated_bytes",
     "gpu memory reserved": r"gpu_memory_reserved_bytes",
