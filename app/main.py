@@ -18,7 +18,8 @@ from app.api.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
 from app.api.openapi import install_openapi
 from app.api.routers import admin, health, images, jobs, metrics, models
 from app.errors import install_error_handlers
-from app.jobs.component import start_jobs
+from app.jobs.component import open_database, start_jobs
+from app.jobs.shared_model import DatabaseDesiredModelStore
 from app.observability.access_log import AccessLogMiddleware
 from app.observability.logging_setup import configure_logging
 from app.security.cors import cors_options
@@ -38,10 +39,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        service = Service(settings)
+        # The jobs database, when configured, also holds the desired model (hot swap),
+        # so a swap reaches every replica, not just this box's workers.
+        database = await open_database(settings)
+        store = DatabaseDesiredModelStore(database) if database is not None else None
+        service = Service(settings, desired_models=store)
         app.state.service = service
         await service.start()
-        jobs_component = await start_jobs(app.state, service)  # jobs (issue 10)
+        jobs_component = await start_jobs(app.state, service, database)  # jobs (issue 10)
         restore = _drain_on_sigterm(service)
         try:
             yield

@@ -24,15 +24,16 @@ from app.jobs.store import JobStore
 from app.jobs.webhooks import Webhooks
 from app.observability import metrics
 from app.serving.service import Service
+from app.settings import Settings
 
 logger = logging.getLogger("sleepwell.jobs")
 _MAINTENANCE_EVERY_S = 10.0
 
 
 class JobsComponent:
-    def __init__(self, service: Service, url: str) -> None:
+    def __init__(self, service: Service, database: Database) -> None:
         self.settings = service.settings
-        self.database = Database(url, self.settings)
+        self.database = database
         self.store = JobStore(self.database, self.settings.job_ttl_s)
         self.queue = JobQueue(self.database.pool, self.settings)
         self.webhooks = Webhooks(self.settings, self.queue)
@@ -53,7 +54,6 @@ class JobsComponent:
     # --- lifecycle ----------------------------------------------------------------------
     async def start(self) -> None:
         metrics.initialise_job_series()
-        await self.database.open()
         self._tasks.append(asyncio.create_task(self._connect_then_run(), name="jobs"))
 
     def stop_taking(self) -> None:
@@ -130,18 +130,28 @@ class JobsComponent:
             await maintenance.reconcile(self.database, self.queue)
 
 
-async def start_jobs(state: Any, service: Service) -> JobsComponent | None:
-    """For create_app's lifespan: the component on ``state.jobs`` (and its pool on
-    ``state.database``, for other components), or None when jobs are off or have no URL."""
-    settings = service.settings
-    state.jobs = state.database = None
+async def open_database(settings: Settings) -> Database | None:
+    """The worker's pool (opened without waiting for the server), or None without jobs."""
     if not settings.jobs_enabled:
         return None
     if settings.database_url is None:
         logger.warning("jobs: no SLEEPWELL_DATABASE_URL (gunicorn starts an embedded one); "
                        "job endpoints answer 503")
         return None
-    jobs = JobsComponent(service, settings.database_url.get_secret_value())
+    database = Database(settings.database_url.get_secret_value(), settings)
+    await database.open()
+    return database
+
+
+async def start_jobs(
+    state: Any, service: Service, database: Database | None
+) -> JobsComponent | None:
+    """For create_app's lifespan: the component on ``state.jobs`` (and its pool on
+    ``state.database``, for other components), or None when jobs are off or have no URL."""
+    state.jobs, state.database = None, database
+    if database is None:
+        return None
+    jobs = JobsComponent(service, database)
     await jobs.start()
-    state.jobs, state.database = jobs, jobs.database
+    state.jobs = jobs
     return jobs

@@ -53,6 +53,17 @@ CREATE INDEX sleepwell_jobs_status_created ON sleepwell_jobs (status, created_at
 CREATE INDEX sleepwell_jobs_owner_created ON sleepwell_jobs (owner, created_at);
 CREATE INDEX sleepwell_jobs_expires ON sleepwell_jobs (expires_at) WHERE expires_at IS NOT NULL;
 """),
+    # The model every replica should serve after a hot swap (app/jobs/shared_model.py).
+    Migration(2, "desired_model", """
+CREATE TABLE sleepwell_desired_model (
+    singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    model text,  -- NULL: nothing published yet (the row may only hold a swap error)
+    base text,
+    revision bigint NOT NULL,
+    error text,
+    updated_at timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+"""),
 )
 
 

@@ -37,6 +37,7 @@ from app.settings import Settings
 logger = logging.getLogger("sleepwell.model_swap")
 
 _FIRST_RETRY_S = 1.0
+_STARTUP_READ_TIMEOUT_S = 10.0
 _MAX_RETRY_S = 60.0
 
 
@@ -67,8 +68,17 @@ class ModelSwapper:
         return desired is not None and desired.base == self.settings.model
 
     async def startup_settings(self) -> Settings:
-        """What a (re)starting worker loads: the published model if any, else its config."""
-        desired = await self.store.read()
+        """What a (re)starting worker loads: the published model if any, else its config.
+
+        A store that cannot be read (the database is down) must not stop the worker: it
+        loads its configured model, and reconciling converges once the store is back.
+        """
+        try:
+            desired = await asyncio.wait_for(self.store.read(), _STARTUP_READ_TIMEOUT_S)
+        except Exception as exc:
+            logger.warning("desired model unknown at start (%s); loading the configured one",
+                           exc)
+            return self.settings
         if desired is None or not self._applies(desired):
             return self.settings
         self.applied_revision = desired.revision

@@ -21,7 +21,7 @@ from app import __version__
 from app.errors import ServiceUnavailable, SleepwellError
 from app.observability import metrics
 from app.serving import gpu
-from app.serving.desired_model import DesiredModelStore
+from app.serving.desired_model import DesiredModelBackend, DesiredModelStore
 from app.serving.engine import Engine, InferenceThread
 from app.serving.health import SERVING_STATES, Health, WorkerState
 from app.serving.lifecycle import LoadFailureLog, exit_for_replacement
@@ -41,7 +41,9 @@ _FATAL_EXIT_DEADLINE_S = 5.0
 
 
 class Service:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self, settings: Settings, desired_models: DesiredModelBackend | None = None
+    ) -> None:
         self.settings = settings
         self.engine = Engine(settings)
         self.thread = InferenceThread()
@@ -55,8 +57,8 @@ class Service:
         self.health = Health(settings, self.engine, self.runner)
         self.health.facts.gpu_required = settings.device is DeviceChoice.CUDA
         self.swapper = ModelSwapper(
-            settings, self.engine, self.thread, DesiredModelStore(settings.state_dir),
-            self.health.facts,
+            settings, self.engine, self.thread,
+            desired_models or DesiredModelStore(settings.state_dir), self.health.facts,
         )
         self.load_failures = LoadFailureLog(settings.state_dir, settings.worker_slot)
         self._tasks: list[asyncio.Task[Any]] = []
