@@ -34,6 +34,7 @@ class RespawnPolicy:
     max_backoff_s: float
     failures: dict[int, int] = field(default_factory=dict)
     last_reason: str = ""
+    gave_up: bool = False
 
     def worker_exited(self, state_dir: Path | None, slot: int | None, pid: int) -> None:
         """Fold one reaped worker into the counts (called from gunicorn's child_exit)."""
@@ -54,10 +55,15 @@ class RespawnPolicy:
         return float(min(self.max_backoff_s, self.first_backoff_s * 2 ** (failures - 1)))
 
     def give_up_reason(self) -> str | None:
-        """Why the master should exit now, or None while any slot can still serve."""
+        """Why the master should exit now, or None while any slot can still serve.
+
+        Said once: the master reaps its other workers while it stops, and must not be
+        told to halt again from inside its own halt.
+        """
         exhausted = [slot for slot, count in self.failures.items() if count >= self.attempts]
-        if len(exhausted) < self.workers:
+        if self.gave_up or len(exhausted) < self.workers:
             return None
+        self.gave_up = True
         return (
             f"every worker ({self.workers}) failed to load its model {self.attempts} times "
             f"in a row; last reason: {self.last_reason}. Exiting so the supervisor's restart "

@@ -14,6 +14,8 @@ from app.serving.gunicorn_support import (
     worker_count,
     worker_environment,
 )
+from app.serving.lifecycle import LoadFailureLog
+from app.serving.respawn import RespawnPolicy
 from app.settings import Settings
 from tests.support.server import ROOT
 
@@ -92,3 +94,31 @@ def test_gunicorn_config_import_loads_neither_torch_nor_prometheus_client() -> N
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                             timeout=60, check=True, cwd=ROOT)
     assert result.stdout.strip() == "[]"
+
+
+def test_respawn_policy_backs_off_per_slot_and_gives_up_once_when_all_fail(
+    tmp_path: Path,
+) -> None:
+    policy = RespawnPolicy(workers=2, attempts=2, first_backoff_s=1.0, max_backoff_s=3.0)
+    slot0, slot1 = LoadFailureLog(tmp_path, 0), LoadFailureLog(tmp_path, 1)
+    for _ in range(3):
+        slot0.record("bad model")  # the note carries this (test) process's pid
+        policy.worker_exited(tmp_path, 0, os.getpid())
+    assert [policy.backoff_s(0), policy.backoff_s(1)] == [3.0, 0.0]  # 1, 2, 4 -> capped at 3
+    assert policy.give_up_reason() is None  # slot 1 still serves
+    slot1.record("bad model")
+    policy.worker_exited(tmp_path, 1, os.getpid())
+    policy.worker_exited(tmp_path, 1, os.getpid())
+    reason = policy.give_up_reason()
+    assert reason is not None and "every worker (2) failed" in reason and "bad model" in reason
+    assert policy.give_up_reason() is None  # said once: the master is already halting
+
+
+def test_respawn_policy_worker_that_loaded_resets_its_slot(tmp_path: Path) -> None:
+    policy = RespawnPolicy(workers=1, attempts=3, first_backoff_s=1.0, max_backoff_s=60.0)
+    LoadFailureLog(tmp_path, 0).record("flaky GPU")
+    policy.worker_exited(tmp_path, 0, os.getpid())
+    assert policy.backoff_s(0) == 1.0
+    LoadFailureLog(tmp_path, 0).clear()  # the next worker loaded, then died of something else
+    policy.worker_exited(tmp_path, 0, os.getpid() + 1)
+    assert policy.backoff_s(0) == 0.0 and policy.give_up_reason() is None
