@@ -75,30 +75,22 @@ def test_healthcheck_command_fails_when_nothing_listens() -> None:
     assert result.returncode == 1 and "unhealthy" in result.stderr
 
 
-def test_healthcheck_fails_on_unloadable_model_while_liveness_stays_200(
+def test_unloadable_model_fails_the_healthcheck_then_the_master_exits_4(
     tmp_path: Path,
 ) -> None:
-    """A bad model config: the container turns unhealthy (and k8s stops routing) but
-    /health/live stays 200, so no orchestrator restart-loops on a config error."""
+    """A bad model config: the container never turns healthy, and once every worker has
+    failed SLEEPWELL_LOAD_ATTEMPTS times the master exits 4, so Docker's, systemd's or the
+    kubelet's restart policy (with its own backoff) takes over, visibly."""
     _options, argv = dockerfile_healthcheck()
-    bad = {"SLEEPWELL_MODEL": str(tmp_path / "no-such-model")}
+    bad = {"SLEEPWELL_MODEL": str(tmp_path / "no-such-model"), "SLEEPWELL_LOAD_ATTEMPTS": "2",
+           "SLEEPWELL_LOAD_BACKOFF_S": "1"}
     with gunicorn_server(extra_env=bad, wait=False) as server:
-        deadline = time.monotonic() + 60
-        body: dict[str, object] = {}
-        while time.monotonic() < deadline:
-            assert server.process.poll() is None, server.log()[-3000:]
-            try:
-                ready = httpx.get(f"{server.url}/health/ready", timeout=2)
-                body = ready.json()
-                if ready.status_code == 503 and body.get("state") == "failed":
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        assert body.get("state") == "failed", body
-        assert httpx.get(f"{server.url}/health/live", timeout=2).status_code == 200
         result = _run_healthcheck(argv, server.port)
-        assert result.returncode == 1 and "503" in result.stderr, result.stderr
+        exit_code = server.process.wait(120)
+        log = server.log()
+    assert result.returncode == 1, result.stderr
+    assert exit_code == 4, log[-3000:]
+    assert "failed to load its model 2 times in a row" in log
 
 
 def test_metrics_expose_the_series_the_hpa_adapter_reads(
