@@ -113,6 +113,23 @@ class ModelSwapper:
         self._converged()
         return new, old_name
 
+    async def pending_model_name(self) -> str | None:
+        """The served name of a published model this worker has not installed yet.
+
+        Asked only when a request names a model other than ours: the store is read now, so
+        a swap published a moment ago (before our next reconcile) is already known.
+        """
+        if self.switching_to is None:
+            try:
+                desired = await asyncio.wait_for(self.store.read(), _STARTUP_READ_TIMEOUT_S)
+            except Exception:
+                return None
+            model = self.engine.model
+            if desired is not None and self._applies(desired) and model is not None and (
+                    desired.model != model.source):
+                return self.settings_for(desired.model).served_model_name
+        return self.switching_to
+
     async def reconcile_forever(self, period_s: float) -> None:
         while True:
             await asyncio.sleep(period_s)

@@ -139,8 +139,8 @@ class Service:
         if model is None or state in (WorkerState.DRAINING, WorkerState.STALLED,
                                       WorkerState.FAILED):
             self.runner.refuse(self._not_serving(state), arrived_at)
-        switching_to = self.swapper.switching_to
-        if requested is not None and requested != model.name and requested == switching_to:
+        if requested is not None and requested != model.name and (
+                requested == await self.swapper.pending_model_name()):
             self.runner.refuse(ServiceUnavailable(
                 f"This worker is still switching to '{requested}'; retry in a moment.",
                 code="model_switching", retry_after_s=2,

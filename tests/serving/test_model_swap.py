@@ -71,6 +71,10 @@ def test_admin_swap_under_load_changes_every_worker_and_the_images(
         started = time.monotonic()
         answer = httpx.post(server.url + "/admin/models/load", headers=ADMIN,
                             json={"model": str(other_model)}, timeout=120)
+        # Right after the 200, before every worker has switched: never a 404 for the new name.
+        naming_new = [_outcome(httpx.post(
+            server.url + "/v1/images/generations", timeout=60, headers={"connection": "close"},
+            json={"prompt": "new", "size": "64x64", "model": "demo-model-b"})) for _ in range(6)]
         wait_until(lambda: served_models(server.url) == {"demo-model-b"}, 30, period=0.2,
                    what="every worker on the new model")
         print(f"swap visible on every worker after {time.monotonic() - started:.2f}s")
@@ -88,6 +92,13 @@ def test_admin_swap_under_load_changes_every_worker_and_the_images(
     assert images_before != images_after  # the new weights really serve
     assert set(statuses) == {200}, statuses
     assert set(readiness) == {200}, readiness  # never a moment where a worker was unready
+    assert set(naming_new) <= {"200", "503 model_switching"}, naming_new
+
+
+def _outcome(response: httpx.Response) -> str:
+    if response.status_code == 200:
+        return "200"
+    return f"{response.status_code} {response.json()['error']['code']}"
 
 
 def test_admin_swap_bad_model_keeps_old_and_reports_everywhere(demo_model_dir: Path) -> None:
@@ -125,10 +136,11 @@ def test_swap_that_cannot_apply_yet_is_unready_mismatch_then_converges(
         mismatched: set[int] = set()
 
         def both_unready_with_mismatch() -> bool:
-            ready = fresh(server.url, "/health/ready")
-            if ready.status_code == 503 and any(
-                    "model mismatch" in reason for reason in ready.json()["reasons"]):
-                mismatched.add(fresh(server.url, "/health").json()["worker"]["pid"])
+            health = fresh(server.url, "/health")
+            body = health.json()
+            if health.status_code == 503 and any(
+                    "model mismatch" in reason for reason in body["reasons"]):
+                mismatched.add(body["worker"]["pid"])
             return len(mismatched) == 2
 
         wait_until(both_unready_with_mismatch, 30, period=0.1, what="mismatch on both workers")
