@@ -102,6 +102,9 @@ class Settings(BaseSettings):
     # Measured with bench/throughput.py on CPU (64x64, 4 steps, concurrency 8): 8.76
     # images/s merged up to 4 vs 7.23 one by one; on a GPU merging also fills idle SMs.
     max_batch_size: int = Field(4, ge=1, description="requests merged into one pipeline call")
+    encode_threads: int = Field(
+        2, ge=1, description="threads per worker turning pixels into PNG/JPEG/WebP"
+    )
     batch_wait_ms: float = Field(5.0, ge=0)
 
     # --- health ------------------------------------------------------------------------

@@ -28,7 +28,6 @@ from app.jobs.store import JobStore
 from app.jobs.webhooks import Webhooks
 from app.observability import metrics
 from app.serving.admission import build_generation
-from app.serving.encoding import encode_images
 from app.serving.generation import Generation
 from app.serving.health import SERVING_STATES
 from app.serving.service import Service
@@ -158,7 +157,7 @@ class Consumer:
         await self._submit(generation)
         job.tasks.append(asyncio.create_task(self._watch(job, generation)))
         images = await generation.future
-        encoded = await asyncio.to_thread(encode_images, images, generation.params.output_format)
+        encoded = await self.service.encoder.encode(images, generation.params.output_format)
         return [ImageData(b64_json=b64, seed=seed).model_dump(exclude_none=True)
                 for b64, seed in zip(encoded, generation.seeds, strict=True)]
 

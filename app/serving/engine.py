@@ -21,6 +21,7 @@ import torch
 
 from app.errors import Cancelled, InferenceFailed, ServiceUnavailable, SleepwellError
 from app.observability import metrics
+from app.serving.encoding import to_uint8
 from app.serving.faults import FaultInjector, FaultPlan, check_load_fault, plan_for
 from app.serving.generation import Generation
 from app.serving.model import LoadedModel, load_model, vram_budget
@@ -199,11 +200,13 @@ class Engine:
                 # CPU generators: the same seed gives the same noise on any device.
                 generator=[torch.Generator("cpu").manual_seed(s)
                            for g in generations for s in g.seeds],
-                output_type="pil",
+                # Tensors, not PIL: PIL and encoding run in the encode pool, off this thread.
+                output_type="pt",
                 callback_on_step_end=self._step_callback(generations, plan),
             )
+            pixels = to_uint8(output.images)
         self.model.budget.record_success(sum(g.pixels for g in generations))
-        return _split(list(output.images), generations)
+        return _split(list(pixels), generations)
 
     def _step_callback(self, generations: list[Generation], plan: FaultPlan) -> Callable[..., Any]:
         def on_step_end(_pipe: Any, _step: int, _timestep: Any, kwargs: dict[str, Any]) -> Any:

@@ -22,6 +22,7 @@ from app.errors import ServiceUnavailable, SleepwellError
 from app.observability import metrics
 from app.serving import gpu
 from app.serving.desired_model import DesiredModelBackend, DesiredModelStore
+from app.serving.encoding import Encoder
 from app.serving.engine import Engine, InferenceThread
 from app.serving.health import SERVING_STATES, Health, WorkerState
 from app.serving.lifecycle import LoadFailureLog, exit_for_replacement
@@ -61,6 +62,7 @@ class Service:
             desired_models or DesiredModelStore(settings.state_dir), self.health.facts,
         )
         self.load_failures = LoadFailureLog(settings.state_dir, settings.worker_slot)
+        self.encoder = Encoder(settings.encode_threads)
         self._tasks: list[asyncio.Task[Any]] = []
         self._waiters_released = asyncio.Event()  # the model loaded, or waiting is pointless
         self._waiting_for_load = 0
@@ -114,6 +116,7 @@ class Service:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self.engine.faults.release()
+        self.encoder.close()
         # A wedged thread (a hung kernel) never ends; it is a daemon, so do not wait long.
         join_s = 0.5 if self.health.facts.fatal else 5.0
         if not self.thread.stop(timeout=join_s):

@@ -13,7 +13,6 @@ from app.api.deps import RequestIdDep, ServiceDep
 from app.api.schemas import ImageData, ImageGenerationRequest, ImageGenerationResponse
 from app.errors import Cancelled, DeadlineExceeded
 from app.serving.admission import build_generation
-from app.serving.encoding import encode_images
 from app.serving.generation import Generation
 from app.serving.runner import Runner, deadline_exceeded
 
@@ -30,7 +29,7 @@ async def generate_images(
     service.runner.submit(generation)
     images = await wait_for_images(service.runner, generation, request)
     encode_started = time.monotonic()
-    encoded = await asyncio.to_thread(encode_images, images, generation.params.output_format)
+    encoded = await service.encoder.encode(images, generation.params.output_format)
     encode_seconds = time.monotonic() - encode_started
     response = ImageGenerationResponse(
         created=int(time.time()),
