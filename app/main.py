@@ -15,7 +15,7 @@ from prometheus_fastapi_instrumentator import Instrumentator
 from app import __version__
 from app.api.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
 from app.api.openapi import install_openapi
-from app.api.routers import admin, health, images, metrics, models
+from app.api.routers import admin, health, images, metrics, models, ui
 from app.errors import install_error_handlers
 from app.observability.access_log import AccessLogMiddleware
 from app.observability.logging_setup import configure_logging
@@ -52,6 +52,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_openapi(app)
     for router in (images.router, models.router, health.router, metrics.router, admin.router):
         app.include_router(router)
+    if settings.ui:  # the playground page (app/ui/, app/api/routers/ui.py)
+        app.include_router(ui.router)
     Instrumentator(
         excluded_handlers=["/metrics", "/health.*"],
         should_group_status_codes=False,

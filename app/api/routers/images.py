@@ -7,10 +7,11 @@ import time
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from app.api.deps import RequestIdDep, ServiceDep
 from app.api.schemas import ImageData, ImageGenerationRequest, ImageGenerationResponse
+from app.api.streaming import STREAM_RESPONSE_DOC, GenerationEventStream
 from app.errors import Cancelled, DeadlineExceeded
 from app.serving.admission import build_generation
 from app.serving.encoding import encode_images
@@ -20,13 +21,16 @@ from app.serving.runner import Runner, deadline_exceeded
 router = APIRouter(tags=["images"])
 
 
-@router.post("/v1/images/generations", response_model=ImageGenerationResponse)
+@router.post("/v1/images/generations", response_model=ImageGenerationResponse,
+             responses=STREAM_RESPONSE_DOC)
 async def generate_images(
     body: ImageGenerationRequest, request: Request, service: ServiceDep, request_id: RequestIdDep
-) -> JSONResponse:
+) -> Response:
     model = await service.serving_model()
     generation = build_generation(body, service.settings, model, request_id)
     service.runner.submit(generation)
+    if body.stream:  # Server-Sent Events: app/api/streaming.py
+        return GenerationEventStream(service.runner, generation)
     images = await wait_for_images(service.runner, generation, request)
     encode_started = time.monotonic()
     encoded = await asyncio.to_thread(encode_images, images, generation.params.output_format)
