@@ -13,6 +13,7 @@
   const CONFIG_URL = "config.json";
   const KEY_STORAGE = "sleepwell.apiKey";
   const HEALTH_EVERY_MS = 5000;
+  const HEALTH_WHILE_RUNNING_MS = 1500;
   const SIZES = ["64x64", "128x128", "256x256", "512x512", "768x768", "1024x1024",
     "512x768", "768x512", "768x1024", "1024x768"];
   const MIME = { png: "image/png", jpeg: "image/jpeg", webp: "image/webp" };
@@ -43,6 +44,7 @@
 
   const state = {
     config: null, controller: null, run: null, ticker: null, retryTimer: null, urls: [],
+    healthTimer: null,
   };
 
   // --- storage (a browser may refuse it: private mode, policies) -----------------------
@@ -70,11 +72,23 @@
   function showService(name, body) {
     el.serviceState.dataset.state = name;
     el.serviceState.querySelector(".pill-label").textContent = STATES[name] || name;
+    // Each gunicorn worker answers for itself; say which one this was.
+    const worker = body.worker && body.worker.pid ? `worker ${body.worker.pid}` : "the service";
     const reasons = (body.reasons || []).join("; ");
-    el.serviceState.title = reasons || `Worker state: ${name}`;
+    el.serviceState.title = `State of ${worker}: ${name}${reasons ? ` (${reasons})` : ""}`;
     el.serviceModel.textContent = body.model || "";
     el.serviceModel.title = body.model ? `Model: ${body.model}` : "";
     el.serviceDevice.textContent = body.device ? deviceLabel(body.device) : "";
+  }
+
+  // Polled, more often while a run is going, and never while the tab is hidden.
+  function scheduleHealth() {
+    clearTimeout(state.healthTimer);
+    const every = state.controller ? HEALTH_WHILE_RUNNING_MS : HEALTH_EVERY_MS;
+    state.healthTimer = setTimeout(async () => {
+      if (!document.hidden) await refreshHealth();
+      scheduleHealth();
+    }, every);
   }
 
   function deviceLabel(device) {
@@ -173,9 +187,9 @@
     state.controller = controller;
     state.run = run;
     setRunning(true);
-    resetResults(run);
     setPhase("sending", "Sending…", 0, 1);
     revealOutput();
+    scheduleHealth();
     try {
       const response = await fetch(API_URL, {
         method: "POST", headers: headers(), body: JSON.stringify(body),
@@ -183,10 +197,11 @@
       });
       const type = response.headers.get("content-type") || "";
       if (!response.ok || !type.startsWith("text/event-stream")) {
-        await showResponseError(response);
+        await showResponseError(response);  // the last results stay on screen
         finish(run, "error");
         return;
       }
+      resetResults(run);
       await readEvents(response, run);
       if (run.error) finish(run, "error");
       else if (run.images >= run.n) finish(run, "done");
@@ -206,6 +221,7 @@
       state.controller = null;
       setRunning(false);
       refreshHealth();
+      scheduleHealth();
     }
   }
 
@@ -335,28 +351,28 @@
     const code = document.createElement("code");
     code.textContent = String(event.seed);
     seed.append(code);
-
     const reuse = document.createElement("button");
     reuse.type = "button";
-    reuse.className = "ghost";
+    reuse.className = "link";
     reuse.textContent = "Use seed";
-    reuse.title = "Put this seed in the form";
+    reuse.setAttribute("aria-label", `Use seed ${event.seed} in the form`);
     reuse.addEventListener("click", () => {
       el.seed.value = String(event.seed);
       el.seed.focus();
     });
+    const line = document.createElement("span");
+    line.className = "seed-line";
+    line.append(seed, reuse);
+
     const download = document.createElement("a");
     download.className = "download";
     download.href = url;
     download.download = `sleepwell-${event.seed}.${EXT[format] || format}`;
-    download.textContent = "Download";
+    download.textContent = `Download ${format.toUpperCase()}`;
     download.setAttribute("aria-label", `Download image ${index + 1} (seed ${event.seed})`);
 
-    const actions = document.createElement("span");
-    actions.className = "card-actions";
-    actions.append(reuse, download);
     const caption = document.createElement("figcaption");
-    caption.append(seed, actions);
+    caption.append(line, download);
     card.className = "card";
     card.dataset.seed = String(event.seed);
     card.replaceChildren(img, caption);
@@ -420,9 +436,9 @@
       setPhase("error", `Failed at step ${progress.step} / ${progress.steps}`, progress.step,
         progress.steps || 1);
     } else {
-      setPhase("refused", "Not started: the server refused the request", 0, 1);
+      setPhase("refused", "Not started", 0, 1);
     }
-    el.progressTime.textContent = `${seconds} s`;
+    el.progressTime.textContent = run.progress ? `${seconds} s` : "";
     state.run = null;
   }
 
@@ -556,5 +572,5 @@
 
   loadConfig();
   refreshHealth();
-  setInterval(() => { if (!document.hidden) refreshHealth(); }, HEALTH_EVERY_MS);
+  scheduleHealth();
 })();
