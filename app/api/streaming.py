@@ -44,12 +44,23 @@ COMPLETED_EVENT = "image_generation.completed"
 ERROR_EVENT = "error"
 _POLL_S = 0.05  # steps advance on the inference thread; polling keeps engine.py untouched
 _HEARTBEAT_S = 1.0
-# For the OpenAPI schema: the same 200 can be JSON or, with "stream": true, this.
+# For the OpenAPI schema: the same 200 can be JSON or, with "stream": true, events. On
+# OpenAPI 3.0/3.1 a text/event-stream schema describes one parsed event (event, data).
+_EVENT_SCHEMA = {
+    "type": "object",
+    "required": ["event", "data"],
+    "properties": {
+        "event": {"type": "string", "enum": [PROGRESS_EVENT, COMPLETED_EVENT, ERROR_EVENT]},
+        "data": {"type": "string", "contentMediaType": "application/json",
+                 "description": "a JSON object whose \"type\" is the event name"},
+    },
+}
 STREAM_RESPONSE_DOC: dict[int | str, dict[str, Any]] = {
     200: {
-        "description": "The images; with \"stream\": true, Server-Sent Events instead "
-        "(sleepwell.progress, image_generation.completed, error).",
-        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        "description": "The images; with \"stream\": true, Server-Sent Events instead: "
+        "sleepwell.progress (step, steps, elapsed_s, queue_position), one "
+        "image_generation.completed per image (b64_json, seed, index), or error.",
+        "content": {"text/event-stream": {"schema": _EVENT_SCHEMA}},
     }
 }
 
