@@ -499,17 +499,22 @@
     }
   }
 
+  function stopRetryCountdown() {
+    if (!state.retryTimer) return;
+    clearInterval(state.retryTimer);
+    state.retryTimer = null;
+    el.generate.disabled = Boolean(state.controller);
+    el.generate.textContent = state.controller ? "Generating…" : "Generate";
+  }
+
   function startRetryCountdown(seconds) {
     clearInterval(state.retryTimer);
     const until = Date.now() + seconds * 1000;
     const update = () => {
       const left = Math.ceil((until - Date.now()) / 1000);
       if (left <= 0) {
-        clearInterval(state.retryTimer);
-        state.retryTimer = null;
+        stopRetryCountdown();
         el.errorRetry.textContent = "You can try again now.";
-        el.generate.disabled = Boolean(state.controller);
-        el.generate.textContent = "Generate";
         return;
       }
       el.errorRetry.textContent = `Retry-After: ${formatSeconds(left)}`;
@@ -560,7 +565,10 @@
       el.prompt.focus();
     });
   }
-  el.key.addEventListener("input", () => storeKey(el.key.value.trim()));
+  el.key.addEventListener("input", () => {
+    storeKey(el.key.value.trim());
+    stopRetryCountdown();  // another key has a rate limit of its own
+  });
   el.keyForget.addEventListener("click", () => {
     el.key.value = "";
     storeKey("");

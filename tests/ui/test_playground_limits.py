@@ -70,6 +70,9 @@ def test_playground_keys_are_asked_for_kept_and_sent_then_429_reads_its_retry_af
     for viewport, label in ((DESKTOP, "desktop"), (PHONE, "phone")):
         page.set_viewport_size(viewport)
         tab.screenshot(f"{label}-error-429")
+    page.fill("#api_key", "sk-another-key")  # its own limit: the countdown no longer applies
+    expect(page.locator("#generate")).to_be_enabled()
+    expect(page.locator("#generate")).to_have_text("Generate")
     tab.assert_clean()
 
 
