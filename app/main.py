@@ -16,7 +16,7 @@ from prometheus_fastapi_instrumentator import Instrumentator
 from app import __version__
 from app.api.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
 from app.api.openapi import install_openapi
-from app.api.routers import admin, health, images, jobs, metrics, models
+from app.api.routers import admin, health, images, jobs, metrics, models, ui
 from app.errors import install_error_handlers
 from app.jobs.component import open_database, start_jobs
 from app.jobs.shared_model import DatabaseDesiredModelStore
@@ -66,6 +66,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(router)
     if settings.jobs_enabled:  # jobs (issue 10): off = no endpoints (404), not 503s
         app.include_router(jobs.router)
+    if settings.ui:  # the playground page (app/ui/, app/api/routers/ui.py)
+        app.include_router(ui.router)
     Instrumentator(
         excluded_handlers=["/metrics", "/health.*"],
         should_group_status_codes=False,

@@ -168,6 +168,10 @@ class Settings(BaseSettings):
 
     # --- end security -----------------------------------------------------------------
 
+    # --- playground (ui) ---------------------------------------------------------------
+    ui: bool = Field(True, description="serve the playground page at /ui (app/ui/)")
+    # --- end playground ----------------------------------------------------------------
+
     # --- feishu relay (monitoring) -----------------------------------------------------
     # `python -m app.relay`: Alertmanager webhooks in, Feishu interactive cards out.
     relay_host: str = Field("127.0.0.1", description="address the Feishu relay listens on")

@@ -19,6 +19,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import TextIO
 
 import httpx
 
@@ -36,11 +37,10 @@ def middleware_names() -> list[str]:
     return [m.cls.__name__ for m in create_app(SETTINGS).user_middleware]  # type: ignore[attr-defined]
 
 
-async def per_request_us(without: set[str], requests: int) -> float:
+async def per_request_us(without: set[str], requests: int, devnull: TextIO) -> float:
     app = create_app(SETTINGS)
     app.user_middleware = [m for m in app.user_middleware
                            if m.cls.__name__ not in without]  # type: ignore[attr-defined]
-    devnull = open(os.devnull, "w")  # noqa: SIM115 - closed below
     for handler in logging.getLogger("sleepwell").handlers:
         if isinstance(handler, logging.StreamHandler):
             handler.setStream(devnull)
@@ -57,12 +57,12 @@ async def per_request_us(without: set[str], requests: int) -> float:
                 response = await client.get("/v1/models")
             elapsed = time.perf_counter() - started
             assert response.status_code == 200
-    devnull.close()
     return elapsed / requests * 1e6
 
 
 def measure(without: set[str], requests: int, runs: int) -> tuple[str, float]:
-    values = [asyncio.run(per_request_us(without, requests)) for _ in range(runs)]
+    with open(os.devnull, "w") as devnull:
+        values = [asyncio.run(per_request_us(without, requests, devnull)) for _ in range(runs)]
     median = statistics.median(values)
     return f"{median:.0f} ({min(values):.0f}-{max(values):.0f})", median
 

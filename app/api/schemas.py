@@ -35,6 +35,7 @@ class ImageGenerationRequest(BaseModel):
     guidance_scale: float | None = Field(None, strict=True)  # no true/"7" as numbers
     seed: StrictInt | None = Field(None, ge=0, le=MAX_SEED)
     user: str | None = None
+    stream: bool = Field(False, strict=True, description="Server-Sent Events: progress, images")
 
     @field_validator("size")
     @classmethod

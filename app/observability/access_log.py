@@ -126,6 +126,8 @@ class AccessLogMiddleware:
         if body is not None:
             fields.update(prompt_fields(body, self.log_prompts))
         fields.update(timing_fields(seen["timing"]))
+        # A streamed response sends its headers first: it leaves outcome and timing here.
+        fields.update(state.get("access_fields") or {})
         # A 503 from a probe is an answer (not ready yet), not a server fault.
         probe = str(scope.get("path", "")).startswith("/health")
         level = logging.WARNING if seen["status"] >= 500 and not probe else logging.INFO

@@ -4,6 +4,9 @@ Pure ASGI (never BaseHTTPMiddleware) so ``receive`` still carries ``http.disconn
 the images handler. Which paths need what:
 
 - ``/health``, ``/health/*``: always open, never limited (probes must not be throttled).
+- ``/ui``, ``/ui/*`` (the playground, when SLEEPWELL_UI is on): open, never limited: a
+  page load is several static files; the API calls the page makes carry the key and are
+  limited like any other.
 - ``/metrics``: ``Authorization: Bearer <SLEEPWELL_METRICS_TOKEN>`` when that is set.
 - ``/v1/*``: an API key when keys are configured; per-IP then per-key rate limits.
 - ``/admin/*``: 404 while SLEEPWELL_ADMIN_KEY is unset, else that key (routes also depend
@@ -54,7 +57,7 @@ class GuardMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "") if scope["type"] == "http" else ""
-        if scope["type"] != "http" or is_health_path(path):
+        if scope["type"] != "http" or is_health_path(path) or self._is_ui_path(path):
             await self.app(scope, receive, send)
             return
         try:
@@ -76,6 +79,9 @@ class GuardMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_with_limits)
+
+    def _is_ui_path(self, path: str) -> bool:
+        return self.settings.ui and (path == "/ui" or path.startswith("/ui/"))
 
     async def _admit(self, scope: Scope, path: str) -> Decision | None:
         """Raise the refusal, or return the tightest rate-limit state to report."""

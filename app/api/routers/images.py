@@ -7,10 +7,11 @@ import time
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from app.api.deps import RequestIdDep, ServiceDep
 from app.api.schemas import ImageData, ImageGenerationRequest, ImageGenerationResponse
+from app.api.streaming import STREAM_RESPONSE_DOC, GenerationEventStream
 from app.errors import Cancelled, DeadlineExceeded
 from app.serving.admission import build_generation
 from app.serving.generation import Generation
@@ -19,14 +20,17 @@ from app.serving.runner import Runner, deadline_exceeded
 router = APIRouter(tags=["images"])
 
 
-@router.post("/v1/images/generations", response_model=ImageGenerationResponse)
+@router.post("/v1/images/generations", response_model=ImageGenerationResponse,
+             responses=STREAM_RESPONSE_DOC)
 async def generate_images(
     body: ImageGenerationRequest, request: Request, service: ServiceDep, request_id: RequestIdDep
-) -> JSONResponse:
+) -> Response:
     arrived_at = time.monotonic()
     model = await service.serving_model(arrived_at, requested=body.model)
     generation = build_generation(body, service.settings, model, request_id, arrived_at)
     service.runner.submit(generation)
+    if body.stream:  # Server-Sent Events: app/api/streaming.py
+        return GenerationEventStream(service.runner, service.encoder, generation)
     images = await wait_for_images(service.runner, generation, request)
     encode_started = time.monotonic()
     encoded = await service.encoder.encode(images, generation.params.output_format)

@@ -1,0 +1,210 @@
+"""``POST /v1/images/generations`` with ``"stream": true``: Server-Sent Events.
+
+One request carries the whole generation, so it works across gunicorn workers with no
+sticky sessions and through any proxy that passes a streamed response. The events follow
+OpenAI's image-generation streaming, so the OpenAI SDK's ``stream=True`` reads them:
+
+- ``sleepwell.progress`` (ours): ``phase`` (queued / running / encoding), ``step`` of
+  ``steps`` denoising steps done, ``elapsed_s`` since arrival, ``queued_s`` spent waiting,
+  and while queued ``queue_position`` (1 = next) of ``queue_length``. Sent when any of
+  these change, and at least every second as a heartbeat.
+- ``image_generation.completed``: one per image, with ``b64_json``, ``size``,
+  ``output_format`` and ``created_at`` as OpenAI sends them, plus our ``index`` and ``seed``.
+- ``error``: ``{"type": "error", "status": ..., "error": {message, type, param, code}}``,
+  the same error body a non-streamed request would get, once the stream has started.
+
+Errors found before the stream starts (bad input, not ready, queue full, keys, limits) are
+ordinary JSON error responses: this response is only built after admission succeeded.
+Closing the connection cancels the run: the client's ``http.disconnect`` reaches the
+runner's cancel path, and the engine stops at the next denoising step. Outcomes are counted
+by the runner's ``settle`` alone; the access log gets the outcome through the scope state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from typing import Any
+
+from fastapi.responses import Response
+from starlette.types import Message, Receive, Scope, Send
+
+from app.errors import Cancelled, SleepwellError
+from app.serving.encoding import Encoder
+from app.serving.generation import Generation
+from app.serving.outcomes import status_of
+from app.serving.runner import Runner, deadline_exceeded
+
+logger = logging.getLogger("sleepwell.streaming")
+
+PROGRESS_EVENT = "sleepwell.progress"
+COMPLETED_EVENT = "image_generation.completed"
+ERROR_EVENT = "error"
+_POLL_S = 0.05  # steps advance on the inference thread; polling keeps engine.py untouched
+_HEARTBEAT_S = 1.0
+# For the OpenAPI schema: the same 200 can be JSON or, with "stream": true, events. On
+# OpenAPI 3.0/3.1 a text/event-stream schema describes one parsed event (event, data).
+_EVENT_SCHEMA = {
+    "type": "object",
+    "required": ["event", "data"],
+    "properties": {
+        "event": {"type": "string", "enum": [PROGRESS_EVENT, COMPLETED_EVENT, ERROR_EVENT]},
+        "data": {"type": "string", "contentMediaType": "application/json",
+                 "description": "a JSON object whose \"type\" is the event name"},
+    },
+}
+STREAM_RESPONSE_DOC: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The images; with \"stream\": true, Server-Sent Events instead: "
+        "sleepwell.progress (step, steps, elapsed_s, queue_position), one "
+        "image_generation.completed per image (b64_json, seed, index), or error.",
+        "content": {"text/event-stream": {"schema": _EVENT_SCHEMA}},
+    }
+}
+
+
+def sse(event: str, data: dict[str, Any]) -> bytes:
+    payload = json.dumps({"type": event, **data}, separators=(",", ":"))
+    return f"event: {event}\ndata: {payload}\n\n".encode()
+
+
+def progress_of(generation: Generation, runner: Runner) -> dict[str, Any]:
+    """Where ``generation`` is now: queued (with its position), running (steps), or done."""
+    steps = generation.params.steps
+    data: dict[str, Any] = {
+        "phase": "running",
+        # A batch that failed merged is retried one by one, so steps_done may overshoot.
+        "step": min(generation.steps_done, steps),
+        "steps": steps,
+        "elapsed_s": round(time.monotonic() - generation.arrived_at, 2),
+        "queued_s": round(generation.queue_seconds(), 2),
+    }
+    if generation.future.done():
+        data.update(phase="encoding", step=steps)
+    elif generation in runner.queue:
+        data.update(phase="queued", queue_position=runner.queue.index(generation) + 1,
+                    queue_length=len(runner.queue))
+    return data
+
+
+def error_event(error: SleepwellError) -> bytes:
+    extra: dict[str, Any] = {"status": error.status_code}
+    if error.retry_after_s is not None:
+        extra["retry_after_s"] = max(1, round(error.retry_after_s))
+    return sse(ERROR_EVENT, {**extra, **error.body()})
+
+
+class GenerationEventStream(Response):
+    """The streamed answer for one admitted generation (pure ASGI, see module doc)."""
+
+    media_type = "text/event-stream"
+
+    def __init__(self, runner: Runner, encoder: Encoder, generation: Generation) -> None:
+        super().__init__(headers={
+            "Cache-Control": "no-cache, no-store",
+            "X-Accel-Buffering": "no",  # nginx: pass events through as they come
+        })
+        # No Content-Length: the body is open-ended (Response adds one for its empty body).
+        self.raw_headers = [(k, v) for k, v in self.raw_headers if k != b"content-length"]
+        self.runner = runner
+        self.encoder = encoder
+        self.generation = generation
+        self.size = f"{generation.params.width}x{generation.params.height}"
+        self.encode_seconds: float | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+        disconnected = asyncio.create_task(_client_disconnected(receive))
+        try:
+            if await self._follow(send, disconnected):
+                await self._finish(send)
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except OSError:  # the client went away mid-send (uvicorn drops such sends instead)
+            pass
+        finally:
+            disconnected.cancel()
+            if not self.generation.future.done():  # any way out but an answer: nobody waits
+                self.runner.cancel(self.generation, Cancelled("The client disconnected."))
+            scope.setdefault("state", {})["access_fields"] = self._access_fields()
+
+    async def _follow(self, send: Send, disconnected: asyncio.Task[None]) -> bool:
+        """Send progress until the generation is answered; False if the client left."""
+        generation = self.generation
+        last: tuple[Any, ...] | None = None
+        last_sent = 0.0
+        waiters: set[asyncio.Future[Any]] = {generation.future, disconnected}
+        while not generation.future.done():
+            progress = progress_of(generation, self.runner)
+            shown = (progress["phase"], progress["step"], progress.get("queue_position"))
+            now = time.monotonic()
+            if shown != last or now - last_sent >= _HEARTBEAT_S:
+                await _send_body(send, sse(PROGRESS_EVENT, progress))
+                last, last_sent = shown, now
+            timeout = min(_POLL_S, max(0.0, generation.deadline - now))
+            await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            if disconnected.done():
+                return False
+            if time.monotonic() >= generation.deadline and not generation.future.done():
+                self.runner.cancel(generation, deadline_exceeded(generation))
+        return True
+
+    async def _finish(self, send: Send) -> None:
+        """The images, one event each, or the error the generation ended with."""
+        generation = self.generation
+        error = generation.future.exception()
+        if isinstance(error, SleepwellError):
+            await _send_body(send, error_event(error))
+            return
+        await _send_body(send, sse(PROGRESS_EVENT, progress_of(generation, self.runner)))
+        try:
+            await self._send_images(send, generation.future.result())
+        except Exception:
+            request_id = generation.request_id
+            logger.exception("streaming the images failed request_id=%s", request_id)
+            await _send_body(send, error_event(SleepwellError(
+                f"The server had an error while processing your request (request id "
+                f"{request_id})."
+            )))
+
+    async def _send_images(self, send: Send, images: list[Any]) -> None:
+        generation = self.generation
+        output_format = generation.params.output_format
+        started = time.monotonic()
+        for index, (image, seed) in enumerate(zip(images, generation.seeds, strict=True)):
+            (b64,) = await self.encoder.encode([image], output_format)
+            await _send_body(send, sse(COMPLETED_EVENT, {
+                "b64_json": b64, "created_at": int(time.time()), "size": self.size,
+                "quality": "auto", "background": "opaque", "output_format": output_format.value,
+                "index": index, "seed": seed,
+            }))
+        self.encode_seconds = time.monotonic() - started
+
+    def _access_fields(self) -> dict[str, Any]:
+        """What the access line adds for a stream: its status is 200 whatever happened."""
+        generation = self.generation
+        error = generation.future.exception()  # done: settled, or cancelled just above
+        fields: dict[str, Any] = {
+            "stream": True,
+            "outcome": status_of(error) if isinstance(error, SleepwellError) else "success",
+            "queue_ms": round(generation.queue_seconds() * 1000, 1),
+            "inference_ms": round(generation.inference_seconds() * 1000, 1),
+        }
+        if self.encode_seconds is not None:
+            fields["encode_ms"] = round(self.encode_seconds * 1000, 1)
+        return fields
+
+
+async def _send_body(send: Send, chunk: bytes) -> None:
+    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+
+
+async def _client_disconnected(receive: Receive) -> None:
+    # After the body is read, the next ASGI message for this request is the disconnect.
+    with contextlib.suppress(OSError):
+        while True:
+            message: Message = await receive()
+            if message["type"] == "http.disconnect":
+                return

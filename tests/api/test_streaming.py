@@ -1,0 +1,215 @@
+"""``"stream": true``: Server-Sent Events through a real gunicorn and the real pipeline."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from PIL import Image
+
+from tests.support.scrape import value
+from tests.support.server import RunningServer, gunicorn_server
+
+GENERATE = "/v1/images/generations"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+TIMEOUT_S = 8
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[RunningServer]:
+    env = {"SLEEPWELL_FAULT_INJECTION": "true", "SLEEPWELL_REQUEST_TIMEOUT_S": str(TIMEOUT_S)}
+    with gunicorn_server(env) as running:
+        yield running
+
+
+def body(**fields: Any) -> dict[str, Any]:
+    return {"prompt": "a lighthouse", "size": "64x64", "stream": True, **fields}
+
+
+def parse_events(lines: Iterator[str]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(event name, data) per Server-Sent Event, as a browser's parser splits them."""
+    name, data = "message", []
+    for line in lines:
+        if not line:
+            if data:
+                yield name, json.loads("\n".join(data))
+            name, data = "message", []
+        elif line.startswith("event:"):
+            name = line[6:].strip()
+        elif line.startswith("data:"):
+            data.append(line[5:].strip())
+
+
+def stream(server: RunningServer, **fields: Any) -> tuple[httpx.Response, list[tuple[str, Any]]]:
+    with httpx.stream("POST", server.url + GENERATE, json=body(**fields), timeout=60) as answer:
+        events = list(parse_events(answer.iter_lines()))
+    return answer, events
+
+
+def of(events: list[tuple[str, Any]], name: str) -> list[dict[str, Any]]:
+    return [data for event, data in events if event == name]
+
+
+def counts(server: RunningServer) -> dict[str, float]:
+    text = httpx.get(server.url + "/metrics", timeout=10).text
+    return {
+        **{status: value(text, "image_generation_total", status=status)
+           for status in ("success", "cancelled", "failed", "timeout")},
+        "images": value(text, "images_generated_total"),
+        "latency": value(text, "image_generation_latency_seconds_count"),
+        "steps": value(text, "inference_steps_total"),
+        "inflight": value(text, "image_generation_inflight"),
+    }
+
+
+def access_lines(server: RunningServer, request_id: str) -> list[dict[str, Any]]:
+    lines = [json.loads(line) for line in server.log().splitlines() if line.startswith("{")]
+    return [line for line in lines
+            if line.get("logger") == "sleepwell.access" and line.get("request_id") == request_id]
+
+
+def wait_for(predicate, timeout: float) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return bool(predicate())
+
+
+def test_stream_progress_counts_steps_then_one_completed_event_per_image(server) -> None:
+    answer, events = stream(server, prompt="[[slow=0.2]] steps", num_inference_steps=5, n=2,
+                            seed=5)
+    assert answer.status_code == 200
+    assert answer.headers["content-type"].startswith("text/event-stream")
+    assert "content-length" not in answer.headers
+    progress = of(events, "sleepwell.progress")
+    running = [p["step"] for p in progress if p["phase"] == "running"]
+    assert running == sorted(running) and all(p["steps"] == 5 for p in progress)
+    assert any(0 < step < 5 for step in running), running  # intermediate steps were sent
+    assert progress[-1]["phase"] == "encoding"
+    completed = of(events, "image_generation.completed")
+    assert [(c["index"], c["seed"]) for c in completed] == [(0, 5), (1, 6)]
+    for event in completed:
+        assert event["type"] == "image_generation.completed"
+        assert event["size"] == "64x64" and event["output_format"] == "png"
+        image = base64.b64decode(event["b64_json"])
+        assert image.startswith(PNG_MAGIC)
+        assert Image.open(io.BytesIO(image)).size == (64, 64)
+    assert [name for name, _ in events][-2:] == ["image_generation.completed"] * 2
+
+
+def test_stream_is_counted_once_in_metrics_and_logged_once(server) -> None:
+    before = counts(server)
+    answer, events = stream(server, n=2, output_format="webp")
+    after = counts(server)
+    assert len(of(events, "image_generation.completed")) == 2
+    assert after["success"] - before["success"] == 1
+    assert after["images"] - before["images"] == 2
+    assert after["latency"] - before["latency"] == 1
+    request_id = answer.headers["x-request-id"]
+    assert wait_for(lambda: access_lines(server, request_id), 5)
+    [line] = access_lines(server, request_id)
+    assert line["status"] == 200 and line["stream"] is True and line["outcome"] == "success"
+    assert {"queue_ms", "inference_ms", "encode_ms"} <= set(line)
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [({"num_inference_steps": 1000}, "num_inference_steps"), ({"stream": "yes"}, "stream"),
+     ({"size": "65x64"}, "size")],
+)
+def test_stream_bad_input_is_a_json_400_before_any_event(server, fields, param) -> None:
+    response = httpx.post(server.url + GENERATE, json=body(**fields), timeout=30)
+    assert response.status_code == 400
+    assert response.headers["content-type"] == "application/json"
+    assert response.json()["error"]["param"] == param
+
+
+def test_stream_client_disconnect_stops_the_run_at_the_next_step(server) -> None:
+    before = counts(server)
+    steps = 40
+    fields = body(prompt="[[slow=0.3]] cancel me", num_inference_steps=steps)
+    with httpx.stream("POST", server.url + GENERATE, json=fields, timeout=60) as answer:
+        request_id = answer.headers["x-request-id"]
+        for _, data in parse_events(answer.iter_lines()):
+            if data.get("step", 0) >= 2:
+                break  # leaving the block closes the connection mid-run
+    assert wait_for(lambda: counts(server)["cancelled"] == before["cancelled"] + 1, 15)
+    assert wait_for(lambda: counts(server)["inflight"] == 0, 15)
+    after = counts(server)
+    assert after["steps"] - before["steps"] < steps  # stopped, not run to the end
+    assert after["success"] == before["success"]
+    # Nothing of the cancelled run is still going: a 2-step run adds exactly 2 steps.
+    assert httpx.post(server.url + GENERATE, json={**fields, "stream": False, "prompt": "x",
+                                                   "num_inference_steps": 2}).status_code == 200
+    assert counts(server)["steps"] == after["steps"] + 2
+    assert wait_for(lambda: access_lines(server, request_id), 5)
+    [line] = access_lines(server, request_id)
+    assert line["outcome"] == "cancelled"
+
+
+def test_stream_failure_after_start_becomes_an_error_event(server) -> None:
+    before = counts(server)
+    answer, events = stream(server, prompt="[[fail]] broken")
+    assert answer.status_code == 200
+    [error] = of(events, "error")
+    assert error["status"] == 500 and error["error"]["code"] == "inference_failed"
+    assert set(error["error"]) == {"message", "type", "param", "code"}
+    assert not of(events, "image_generation.completed")
+    assert counts(server)["failed"] == before["failed"] + 1
+
+
+def test_stream_past_its_deadline_ends_with_a_504_error_event(server) -> None:
+    before = counts(server)
+    _, events = stream(server, prompt="[[slow=1]] too slow", num_inference_steps=60)
+    [error] = of(events, "error")
+    assert error["status"] == 504 and error["error"]["code"] == "deadline_exceeded"
+    assert counts(server)["timeout"] == before["timeout"] + 1
+    assert wait_for(lambda: counts(server)["inflight"] == 0, 15)
+
+
+def test_stream_waiting_behind_another_run_reports_its_queue_position(server) -> None:
+    first_running = threading.Event()
+
+    def first() -> None:
+        fields = body(prompt="[[slow=0.3]] first", num_inference_steps=8)
+        with httpx.stream("POST", server.url + GENERATE, json=fields, timeout=60) as answer:
+            for _, data in parse_events(answer.iter_lines()):
+                if data.get("step", 0) >= 1:
+                    first_running.set()
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    try:
+        assert first_running.wait(30)
+        # Another size: it can never join the running batch, so it must wait its turn.
+        _, events = stream(server, prompt="second", size="128x64", num_inference_steps=2)
+    finally:
+        thread.join(60)
+    queued = [p for p in of(events, "sleepwell.progress") if p["phase"] == "queued"]
+    assert queued and queued[0]["queue_position"] == 1 and queued[0]["queue_length"] >= 1
+    assert len(of(events, "image_generation.completed")) == 1
+
+
+def test_openai_sdk_stream_true_reads_the_events(server) -> None:
+    from openai import APIError, OpenAI
+
+    client = OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+    events = list(client.images.generate(
+        prompt="a red fox", n=2, size="64x64", stream=True,  # type: ignore[arg-type]
+        extra_body={"seed": 11, "num_inference_steps": 3},
+    ))
+    completed = [e for e in events if e.type == "image_generation.completed"]
+    assert [e.seed for e in completed] == [11, 12]  # type: ignore[attr-defined]
+    assert all(base64.b64decode(e.b64_json).startswith(PNG_MAGIC) for e in completed)
+    assert any(e.type == "sleepwell.progress" for e in events)
+    with pytest.raises(APIError, match="generation failed"):
+        list(client.images.generate(prompt="[[fail]] x", size="64x64", stream=True))  # type: ignore[arg-type]

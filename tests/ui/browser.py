@@ -1,0 +1,66 @@
+"""Debian's Chromium driven by Playwright: no browser download, ever."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from playwright.sync_api import Browser, Page
+
+CHROMIUM = Path("/usr/bin/chromium")
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts" / "ui"
+PHONE = {"width": 390, "height": 844}
+DESKTOP = {"width": 1280, "height": 860}
+# Console lines a page may print and still be healthy: the browser logs every non-2xx
+# response (the error tests provoke 400/401/429/503 on purpose).
+_EXPECTED_CONSOLE = re.compile(r"Failed to load resource: the server responded with a status")
+
+
+@dataclass
+class Tab:
+    """One page in its own context (own localStorage), with what it logged."""
+
+    page: Page
+    problems: list[str] = field(default_factory=list)
+    requests: list[str] = field(default_factory=list)
+
+    def screenshot(self, name: str) -> Path:
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        width = self.page.viewport_size["width"] if self.page.viewport_size else 0
+        path = ARTIFACTS / f"{name}-{width}px.png"
+        self.page.screenshot(path=str(path), full_page=True, animations="disabled")
+        return path
+
+    def assert_clean(self) -> None:
+        """No script error and no CSP violation happened on the page."""
+        assert not self.problems, self.problems
+
+
+def open_tab(browser: Browser, url: str, viewport: dict[str, int] = DESKTOP) -> Tab:
+    context = browser.new_context(viewport=viewport, accept_downloads=True)
+    page = context.new_page()
+    tab = Tab(page)
+    page.on("pageerror", lambda error: tab.problems.append(f"pageerror: {error}"))
+    page.on("console", lambda message: _note_console(tab, message.type, message.text))
+    page.on("request", lambda request: tab.requests.append(request.url))
+    page.goto(url)
+    return tab
+
+
+def _note_console(tab: Tab, kind: str, text: str) -> None:
+    if kind in ("error", "warning") and not _EXPECTED_CONSOLE.search(text):
+        tab.problems.append(f"console {kind}: {text}")
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, period: float = 0.2) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(period)
+    return predicate()
