@@ -11,6 +11,11 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
+def is_local_path(model: str) -> bool:
+    """``/models/x``, ``./x``, ``~/x`` or an existing directory; else a hub id."""
+    return model.startswith(("/", "./", "../", "~")) or Path(model).exists()
+
+
 class DeviceChoice(StrEnum):
     AUTO = "auto"
     CPU = "cpu"
@@ -245,8 +250,7 @@ class Settings(BaseSettings):
             return "sleepwell-demo-tiny-sd"
         # A local path is served by its directory name (whether it exists yet or not); a hub
         # id ("org/name") keeps its full name.
-        looks_local = self.model.startswith(("/", "./", "../", "~")) or Path(self.model).exists()
-        return self.model.rstrip("/").split("/")[-1] if looks_local else self.model
+        return self.model.rstrip("/").split("/")[-1] if is_local_path(self.model) else self.model
 
     @property
     def bind(self) -> str:

@@ -13,7 +13,7 @@ import torch
 from app.errors import SleepwellError
 from app.serving.budget import MemoryBudget
 from app.serving.demo_model import ensure_demo_model
-from app.settings import DeviceChoice, DtypeChoice, Settings
+from app.settings import DeviceChoice, DtypeChoice, Settings, is_local_path
 
 logger = logging.getLogger("sleepwell.model")
 
@@ -95,6 +95,9 @@ def load_model(settings: Settings) -> LoadedModel:
     device = resolve_device(settings.device)
     dtype = resolve_dtype(settings.dtype, device)
     source = model_source(settings)
+    if is_local_path(source) and not Path(source).expanduser().is_dir():
+        # Never ask the hub for a path: say what is wrong, at once, offline.
+        raise ModelLoadError(f"could not load model directory {source!r}: it does not exist")
     logger.info("loading model %s on %s as %s", source, device, dtype)
     try:
         pipeline = AutoPipelineForText2Image.from_pretrained(source, dtype=dtype)

@@ -77,12 +77,16 @@ def test_playground_keys_are_asked_for_kept_and_sent_then_429_reads_its_retry_af
 
 
 @pytest.fixture(scope="module")
-def broken(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    # An existing directory that holds no model: a local load that fails, never a hub call.
-    env = {"SLEEPWELL_MODEL": str(tmp_path_factory.mktemp("not-a-model")),
-           "SLEEPWELL_LOAD_WAIT_S": "0", "HF_HUB_OFFLINE": "1"}
-    with gunicorn_server(env, wait=False) as running:
-        assert wait_for(lambda: _state(running) == "failed", 60), running.log()[-3000:]
+def degraded() -> Iterator[RunningServer]:
+    """A worker left unready by a failure streak (recycling off, so it stays so) whose GPU
+    runs out of memory: a 503 the page must show, and a state its header must show."""
+    env = {"SLEEPWELL_FAULT_INJECTION": "true", "SLEEPWELL_FAILURE_STREAK_LIMIT": "1",
+           "SLEEPWELL_RECYCLE_ON_FAILURE_STREAK": "false"}
+    with gunicorn_server(env) as running:
+        failed = httpx.post(running.url + "/v1/images/generations", timeout=60,
+                            json={"prompt": "[[fail]] x", "size": "64x64"})
+        assert failed.status_code == 500
+        assert wait_for(lambda: _state(running) == "degraded", 60), running.log()[-3000:]
         yield running
 
 
@@ -93,17 +97,17 @@ def _state(server: RunningServer) -> str | None:
         return None
 
 
-def test_playground_unavailable_model_shows_503_and_failed_state(
-    browser: Browser, broken: RunningServer
+def test_playground_out_of_memory_shows_503_and_degraded_state(
+    browser: Browser, degraded: RunningServer
 ) -> None:
-    tab = open_tab(browser, broken.url + "/ui/")
+    tab = open_tab(browser, degraded.url + "/ui/")
     page = tab.page
-    expect(page.locator("#service-state")).to_have_attribute("data-state", "failed")
-    expect(page.locator("#service-state")).to_have_text("Failed")
-    page.fill("#prompt", "a lighthouse")
+    expect(page.locator("#service-state")).to_have_attribute("data-state", "degraded")
+    expect(page.locator("#service-state")).to_have_text("Degraded")
+    page.fill("#prompt", "[[oom]] a lighthouse")
     page.click("#generate")
     expect(page.locator("#error-title")).to_have_text("503 · Service unavailable")
-    expect(page.locator("#error-message")).to_contain_text("The model is not ready to serve")
+    expect(page.locator("#error-message")).to_contain_text("ran out of memory")
     expect(page.locator("#error-retry")).to_have_text(re.compile(r"^Retry-After: \d+ s$"))
     for viewport, label in ((DESKTOP, "desktop"), (PHONE, "phone")):
         page.set_viewport_size(viewport)
