@@ -95,8 +95,14 @@ def _configs(stack_ports: Ports, api_port: int, smtp_port: int, workdir: Path) -
     }
     password_file = workdir / "smtp_password"
     password_file.write_text(SMTP_PASSWORD)
+    # No SLEEPWELL_METRICS_TOKEN here: Compose then mounts an empty metrics_token secret,
+    # and the scrape must still work (test_e2e_metrics_token.py runs with the token on).
+    secrets_dir = workdir / "secrets"
+    secrets_dir.mkdir()
+    (secrets_dir / "metrics_token").write_text("")
     return {
-        "prometheus": rewrite_prometheus((ROOT / "prometheus.yml").read_text(), addresses),
+        "prometheus": rewrite_prometheus((ROOT / "prometheus.yml").read_text(), addresses,
+                                         secrets_dir),
         "rules": rewrite_rules((ROOT / "alert_rules.yml").read_text()),
         "alertmanager": rewrite_alertmanager(
             (ROOT / "alertmanager.yml").read_text(), smtp_port,
