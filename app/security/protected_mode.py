@@ -13,6 +13,7 @@ stops the master instead of respawning workers that would refuse again).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import os
@@ -130,10 +131,12 @@ def listening_addresses() -> list[str] | None:
 
 
 def _flush(log: logging.Logger) -> None:
+    """Flush every handler a record of ``log`` reaches; a broken one must not stop us."""
     current: logging.Logger | None = log
     while current is not None:
         for handler in current.handlers:
-            handler.flush()
+            with contextlib.suppress(Exception):
+                handler.flush()
         current = current.parent if current.propagate else None
 
 
@@ -183,12 +186,16 @@ class ListeningSocketCheck:
             logger.warning(UNAUTHENTICATED_WARNING.format(binds=", ".join(exposed)))
 
     async def watch(self, max_wait_s: float = 60.0) -> None:
-        """Check as soon as a socket listens (uvicorn binds after the lifespan startup)."""
-        delay, waited = 0.005, 0.0
+        """Check as soon as a socket listens (uvicorn binds after the lifespan startup).
+
+        Every 10 ms at first (one look costs about 0.1 ms), then every 0.5 s: nothing may
+        ever listen over TCP (a unix socket), and the gate covers any request meanwhile.
+        """
+        waited = 0.0
         while not self.check_now() and waited < max_wait_s:
+            delay = 0.01 if waited < 2.0 else 0.5
             await asyncio.sleep(delay)
             waited += delay
-            delay = min(0.5, delay * 2)
 
     def start(self) -> asyncio.Task[None] | None:
         """The watcher task, owned by the lifespan; None when no check is needed."""

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import redis
 
+from tests.support.processes import stop_process
 from tests.support.server import free_port
 
 _PR_SET_PDEATHSIG = 1
@@ -46,16 +47,6 @@ def _wait_for_ping(url: str, process: subprocess.Popen[bytes], log: Path) -> boo
                        f"{log.read_text(errors='replace')[-2000:]}")
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
-
-
 @contextmanager
 def redis_server(attempts: int = 3) -> Iterator[str]:
     """Start ``redis-server`` on 127.0.0.1:<free port>; yield its URL; kill it at the end."""
@@ -81,7 +72,7 @@ def redis_server(attempts: int = 3) -> Iterator[str]:
                     yield url
                     return
             finally:
-                _stop(process)
+                stop_process(process)
         raise RuntimeError(f"redis-server did not start in {attempts} attempts:\n"
                            f"{log.read_text(errors='replace')[-2000:]}")
     finally:

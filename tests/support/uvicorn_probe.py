@@ -18,6 +18,8 @@ from pathlib import Path
 
 import httpx
 
+from tests.support.processes import stop_process
+
 BODY = {"prompt": "probe", "size": "64x64", "num_inference_steps": 2}
 
 
@@ -45,13 +47,7 @@ def probe(
             if status == 200:
                 break
             time.sleep(0.1)
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
+    stop_process(process, timeout=30)
     return {"returncode": process.returncode, "answers": answers, "refused": refused,
             "output": log.read_text(errors="replace")}
 
