@@ -125,10 +125,13 @@ def stack() -> Iterator[Stack]:
         processes += start_exporters(workdir, ports)
         processes.append(start_relay(workdir, ports, feishu.url, SECRET))
         processes.append(start_alertmanager(workdir, ports, configs["alertmanager"]))
+        # The service is ready before Prometheus looks: on a busy machine a slow first load
+        # would otherwise fire HealthProbeFailing, whose late "resolved" card then lands in
+        # the window where only ServiceDown may page.
+        server = exits.enter_context(gunicorn_server(SERVICE_ENV, port=api_port))
         processes.append(start_prometheus(workdir, ports, configs["prometheus"], configs["rules"]))
         prometheus = Prometheus(ports.prometheus)
         exits.callback(prometheus.close)
-        server = exits.enter_context(gunicorn_server(SERVICE_ENV, port=api_port))
         built = Stack(exits, workdir, ports, api_port, feishu, smtp, prometheus, processes, server)
         try:
             wait_until(lambda: not prometheus.targets_down(), 60, "every target up")
