@@ -53,6 +53,9 @@ keepalive = 5
 max_requests = _settings.max_requests
 max_requests_jitter = _settings.max_requests_jitter
 control_socket_disable = True
+# Trusted proxies (issue 9): uvicorn rewrites the client address from X-Forwarded-For only
+# for peers listed here; everyone else is keyed on the address that connected.
+forwarded_allow_ips = _settings.forwarded_allow_ips
 loglevel = _settings.log_level
 # Off: app/observability/access_log.py writes one JSON line per request, with the request id.
 accesslog = None

@@ -24,7 +24,11 @@ from app.observability.access_log import AccessLogMiddleware
 from app.observability.logging_setup import configure_logging
 from app.security.cors import cors_options
 from app.security.guard import GuardMiddleware
-from app.security.protected_mode import enforce_protected_mode
+from app.security.protected_mode import (
+    ListeningSocketCheck,
+    ListeningSocketGate,
+    validate_key_sources,
+)
 from app.serving.service import Service
 from app.settings import Settings
 
@@ -34,8 +38,9 @@ logger = logging.getLogger("sleepwell")
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     configure_logging(settings)
-    if settings.worker_slot is None:  # not under gunicorn, whose master already checked
-        enforce_protected_mode(settings, [settings.bind], logger)
+    validate_key_sources(settings)
+    # Protected mode on the sockets really bound, not SLEEPWELL_HOST (issue 9).
+    listening = ListeningSocketCheck(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -48,9 +53,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await service.start()
         jobs_component = await start_jobs(app.state, service, database)  # jobs (issue 10)
         restore = _drain_on_sigterm(service)
+        watcher = listening.start()  # uvicorn binds after this startup: watch for it
         try:
             yield
         finally:
+            if watcher is not None:
+                watcher.cancel()
             restore()
             if jobs_component is not None:  # jobs: take no new job while draining
                 jobs_component.stop_taking()
@@ -82,6 +90,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.add_middleware(CORSMiddleware, **cors)
     app.add_middleware(AccessLogMiddleware, settings=settings)
     app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(ListeningSocketGate, check=listening)  # outermost: before any answer
     return app
 
 

@@ -171,6 +171,31 @@ class Settings(BaseSettings):
         parse_many(value)  # raises ValueError naming the bad part: fail at startup
         return value.strip()
 
+    # --- trusted proxies (issue 9) ------------------------------------------------------
+    # gunicorn.conf.py passes this to gunicorn's forwarded_allow_ips: uvicorn takes the
+    # client from X-Forwarded-For only when the peer is in here, so the per-IP rate limit
+    # keys on the real client behind a proxy, and nobody else can pick their own "IP".
+    forwarded_allow_ips: str = Field(
+        "127.0.0.1,::1",
+        description="proxy IPs/CIDRs (comma-separated) whose X-Forwarded-For is believed",
+    )
+
+    @field_validator("forwarded_allow_ips")
+    @classmethod
+    def _parse_forwarded_allow_ips(cls, value: str) -> str:
+        import ipaddress
+
+        entries = [entry.strip() for entry in value.split(",") if entry.strip()]
+        for entry in entries:
+            if entry != "*":
+                try:
+                    ipaddress.ip_network(entry)
+                except ValueError as exc:
+                    raise ValueError(f"not an IP address or CIDR network: {entry!r}") from exc
+        return ",".join(entries)
+
+    # --- end trusted proxies ----------------------------------------------------------
+
     # --- end security -----------------------------------------------------------------
 
     # --- playground (ui) ---------------------------------------------------------------

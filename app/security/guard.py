@@ -13,7 +13,10 @@ the images handler. Which paths need what:
   on ``app.security.keys.require_admin``); per-IP rate limit.
 - anything else (docs, schema, unknown paths): per-IP rate limit only.
 
-The per-IP limit is checked before the key, so guessing keys is throttled too.
+The per-IP limit is checked before the key, so guessing keys is throttled too. Each
+request hits each configured limit exactly once, each limit under its own identity:
+``("ip", <client>)`` for SLEEPWELL_RATE_LIMIT_PER_IP and ``("key", <key id>)`` for
+SLEEPWELL_RATE_LIMIT, or ``("anonymous-ip", <client>)`` when auth is off.
 """
 
 from __future__ import annotations
@@ -102,7 +105,9 @@ class GuardMiddleware:
             return by_ip
         if not path.startswith("/v1/"):
             return by_ip
-        identity = ("ip", ip)
+        # The per-key limit's own counter: with auth off it counts per client IP, but never
+        # in the per-IP limit's counter ("ip"), or one request would count twice there.
+        identity = ("anonymous-ip", ip)
         # --- jobs (issue 10): GET /v1/jobs also takes the admin key (operators' list).
         if path == "/v1/jobs" and self.admin_key.match(bearer_token(authorization)):
             return by_ip

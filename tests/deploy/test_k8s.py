@@ -103,7 +103,8 @@ def test_k8s_custom_resources_have_the_operator_shape() -> None:
         assert set(document) == {"apiVersion", "kind", "metadata", "spec"}
     assert set(monitor["spec"]) <= {"selector", "endpoints", "namespaceSelector", "jobLabel"}
     for endpoint in monitor["spec"]["endpoints"]:
-        assert set(endpoint) <= {"port", "path", "interval", "scrapeTimeout", "scheme"}
+        assert set(endpoint) <= {"port", "path", "interval", "scrapeTimeout", "scheme",
+                                 "authorization"}
         assert re.fullmatch(r"\d+[smh]", endpoint["interval"])
     for group in rule["spec"]["groups"]:
         assert set(group) <= {"name", "interval", "rules"}

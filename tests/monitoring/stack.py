@@ -56,7 +56,11 @@ def missing_binaries() -> list[str]:
 
 
 # --- config rewriting -----------------------------------------------------------------
-def rewrite_prometheus(text: str, addresses: dict[str, str]) -> str:
+COMPOSE_SECRETS = "/run/secrets/"
+
+
+def rewrite_prometheus(text: str, addresses: dict[str, str], secrets_dir: Path) -> str:
+    """Addresses, intervals, and Compose's /run/secrets/<name> files -> secrets_dir/<name>."""
     for old, new in addresses.items():
         text = text.replace(old, new)
     config = yaml.safe_load(text)
@@ -64,6 +68,11 @@ def rewrite_prometheus(text: str, addresses: dict[str, str]) -> str:
     config["scrape_configs"] = [
         job for job in config["scrape_configs"] if "dns_sd_configs" not in job
     ]
+    for job in config["scrape_configs"]:
+        authorization = job.get("authorization", {})
+        path = authorization.get("credentials_file", "")
+        if path.startswith(COMPOSE_SECRETS):
+            authorization["credentials_file"] = str(secrets_dir / path[len(COMPOSE_SECRETS):])
     return str(yaml.safe_dump(config, sort_keys=False))
 
 
@@ -221,6 +230,10 @@ class Prometheus:
         if body.get("status") != "success":
             raise AssertionError(f"label values failed: {label} {selector}\n{body}")
         return list(body["data"])
+
+    def targets(self, job: str) -> list[dict[str, Any]]:
+        active = self.http.get("/api/v1/targets").json()["data"]["activeTargets"]
+        return [target for target in active if target["labels"]["job"] == job]
 
     def targets_down(self) -> list[str]:
         active = self.http.get("/api/v1/targets").json()["data"]["activeTargets"]

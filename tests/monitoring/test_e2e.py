@@ -103,8 +103,14 @@ def _configs(stack_ports: Ports, api_port: int, smtp_port: int, workdir: Path) -
     }
     password_file = workdir / "smtp_password"
     password_file.write_text(SMTP_PASSWORD)
+    # No SLEEPWELL_METRICS_TOKEN here: Compose then mounts an empty metrics_token secret,
+    # and the scrape must still work (test_e2e_metrics_token.py runs with the token on).
+    secrets_dir = workdir / "secrets"
+    secrets_dir.mkdir()
+    (secrets_dir / "metrics_token").write_text("")
     return {
-        "prometheus": rewrite_prometheus((ROOT / "prometheus.yml").read_text(), addresses),
+        "prometheus": rewrite_prometheus((ROOT / "prometheus.yml").read_text(), addresses,
+                                         secrets_dir),
         "rules": rewrite_rules((ROOT / "alert_rules.yml").read_text()),
         "alertmanager": rewrite_alertmanager(
             (ROOT / "alertmanager.yml").read_text(), smtp_port,
@@ -127,10 +133,13 @@ def stack() -> Iterator[Stack]:
         processes += start_exporters(workdir, ports)
         processes.append(start_relay(workdir, ports, feishu.url, SECRET))
         processes.append(start_alertmanager(workdir, ports, configs["alertmanager"]))
+        # The service is ready before Prometheus looks: on a busy machine a slow first load
+        # would otherwise fire HealthProbeFailing, whose late "resolved" card then lands in
+        # the window where only ServiceDown may page.
+        server = exits.enter_context(gunicorn_server(_service_env(workdir), port=api_port))
         processes.append(start_prometheus(workdir, ports, configs["prometheus"], configs["rules"]))
         prometheus = Prometheus(ports.prometheus)
         exits.callback(prometheus.close)
-        server = exits.enter_context(gunicorn_server(_service_env(workdir), port=api_port))
         built = Stack(exits, workdir, ports, api_port, feishu, smtp, prometheus, processes, server)
         try:
             wait_until(lambda: not prometheus.targets_down(), 60, "every target up")

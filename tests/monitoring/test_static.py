@@ -67,9 +67,30 @@ def alert_rules() -> list[dict[str, Any]]:
 
 
 # --- prometheus ---------------------------------------------------------------------
-def test_prometheus_config_promtool_check_passes() -> None:
-    result = run([tool("promtool"), "check", "config", "prometheus.yml"])
+def test_prometheus_config_promtool_check_passes(tmp_path: Path) -> None:
+    # promtool opens every credentials file: give it Compose's /run/secrets as a directory
+    # of its own (an empty metrics_token, as Compose mounts with no token set).
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    (secrets / "metrics_token").write_text("")
+    text = (ROOT / "prometheus.yml").read_text().replace(stack.COMPOSE_SECRETS, f"{secrets}/")
+    (tmp_path / "prometheus.yml").write_text(text)
+    shutil.copy(ROOT / "alert_rules.yml", tmp_path / "alert_rules.yml")
+    result = run([tool("promtool"), "check", "config", "prometheus.yml"], cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_prometheus_sleepwell_job_sends_the_metrics_token_compose_mounts() -> None:
+    job = next(job for job in load_yaml("prometheus.yml")["scrape_configs"]
+               if job["job_name"] == "sleepwell")
+    assert job["authorization"] == {
+        "type": "Bearer", "credentials_file": "/run/secrets/metrics_token"}
+    compose = load_yaml("docker-compose.monitoring.yml")
+    assert "metrics_token" in compose["services"]["prometheus"]["secrets"]
+    # The same variable the API reads its token from (.env), never a literal value.
+    assert compose["secrets"]["metrics_token"] == {"environment": "SLEEPWELL_METRICS_TOKEN"}
+    text = (ROOT / "prometheus.yml").read_text()
+    assert "credentials:" not in text and "bearer_token:" not in text
 
 
 def test_prometheus_config_scrape_jobs_cover_every_source() -> None:
@@ -257,13 +278,20 @@ def test_grafana_dashboard_queries_parse_with_promtool(tmp_path: Path) -> None:
 # --- the end-to-end test's rewritten copies -------------------------------------------
 def test_e2e_rewrites_change_only_addresses_and_intervals(tmp_path: Path) -> None:
     addresses = {"api:8000": "127.0.0.1:1", "alertmanager:9093": "127.0.0.1:2"}
+    secrets = tmp_path / "secrets"
     prometheus = yaml.safe_load(stack.rewrite_prometheus(
-        (ROOT / "prometheus.yml").read_text(), addresses))
+        (ROOT / "prometheus.yml").read_text(), addresses, secrets))
     original = load_yaml("prometheus.yml")
     assert prometheus["rule_files"] == original["rule_files"]
     assert prometheus["global"]["scrape_interval"] == "1s"
     kept = [job["job_name"] for job in prometheus["scrape_configs"]]
     assert kept == [j["job_name"] for j in original["scrape_configs"] if j["job_name"] != "dcgm"]
+    new_jobs = {job["job_name"]: job for job in prometheus["scrape_configs"]}
+    for job in original["scrape_configs"]:
+        if "authorization" in job:  # only the secret's path moves
+            moved = new_jobs[job["job_name"]]["authorization"]
+            assert moved == {**job["authorization"],
+                             "credentials_file": str(secrets / "metrics_token")}
 
     rules = yaml.safe_load(stack.rewrite_rules((ROOT / "alert_rules.yml").read_text()))
     for new, old in zip(rules["groups"], load_yaml("alert_rules.yml")["groups"], strict=True):

@@ -1,4 +1,4 @@
-"""Fixtures for the security suite: a Redis namespace per test, cleaned up afterwards."""
+"""Fixtures for the security suite: a Redis the session owns, a key namespace per test."""
 
 from __future__ import annotations
 
@@ -9,17 +9,23 @@ from contextlib import contextmanager
 import pytest
 import redis
 
-REDIS_URL = "redis://127.0.0.1:6379/0"
+from tests.support.redis_server import redis_server
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """``redis://127.0.0.1:<free port>/0`` of a redis-server started for this session."""
+    try:
+        with redis_server() as url:
+            yield url
+    except FileNotFoundError as exc:
+        pytest.fail(str(exc))
 
 
 @contextmanager
-def redis_namespace() -> Iterator[str]:
-    """A key prefix no other test (or run) uses; every key under it is deleted at the end."""
-    client = redis.Redis.from_url(REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
-    try:
-        client.ping()
-    except redis.RedisError as exc:  # the python-svc machine runs Redis on 127.0.0.1:6379
-        pytest.fail(f"Redis at {REDIS_URL} is not reachable: {exc}")
+def redis_namespace(url: str) -> Iterator[str]:
+    """A key prefix no other test uses; every key under it is deleted at the end."""
+    client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
     prefix = f"sleepwell-test-{uuid.uuid4().hex[:12]}"
     try:
         yield prefix
@@ -31,11 +37,11 @@ def redis_namespace() -> Iterator[str]:
 
 
 @pytest.fixture
-def redis_prefix() -> Iterator[str]:
-    with redis_namespace() as prefix:
+def redis_prefix(redis_url: str) -> Iterator[str]:
+    with redis_namespace(redis_url) as prefix:
         yield prefix
 
 
-def redis_keys(prefix: str) -> list[bytes]:
-    with redis.Redis.from_url(REDIS_URL, socket_timeout=2) as client:
+def redis_keys(url: str, prefix: str) -> list[bytes]:
+    with redis.Redis.from_url(url, socket_timeout=2) as client:
         return list(client.scan_iter(match=f"{prefix}*", count=500))

@@ -1,9 +1,12 @@
-"""Protected mode through the real gunicorn: no keys + a non-loopback bind = no start.
+"""Protected mode through the real gunicorn and a bare uvicorn: no keys + a non-loopback
+bind = no service.
 
-Every run that asks for 0.0.0.0 happens inside a fresh network namespace (``unshare -n``),
-which has no interface but a downed loopback: even a check that came too late could not
-expose anything. The refusals must still happen before gunicorn opens a socket, which
-the absence of gunicorn's "Listening at" line shows.
+Every run that asks for 0.0.0.0 happens inside a fresh network namespace (``unshare -n``):
+gunicorn's in one with only a downed loopback, uvicorn's (whose client must reach it) in
+one whose loopback is up, and nothing else. Even a check that came too late could not
+expose anything. Gunicorn's refusals must happen before it opens a socket, which the
+absence of its "Listening at" line shows; a bare uvicorn binds before the app can look,
+so it must exit before it answers anything.
 """
 
 from __future__ import annotations
@@ -13,12 +16,13 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
-from pydantic import SecretStr
 
 from app.main import create_app
 from app.settings import Settings
@@ -115,7 +119,76 @@ def test_gunicorn_wildcard_host_with_keys_starts_without_warning() -> None:
     assert "sk-protected-mode-test" not in output
 
 
-def test_create_app_uvicorn_direct_wildcard_host_without_keys_refuses() -> None:
-    with pytest.raises(SystemExit, match="protected mode"):
-        create_app(Settings(host="0.0.0.0"))
-    create_app(Settings(host="0.0.0.0", api_keys=SecretStr("sk-1")))  # keys: fine
+# --- a bare uvicorn: the sockets really bound, not SLEEPWELL_HOST (issue 9) -------------
+def _in_private_network(argv: list[str]) -> list[str]:
+    """``argv`` in a fresh network namespace with its loopback up: the probe's client
+    reaches the server there, nothing outside does. Without unshare/ip (no root), the
+    probe runs here: a 0.0.0.0 bind on a free port for seconds."""
+    unshare, ip = shutil.which("unshare"), shutil.which("ip")
+    if unshare is None or ip is None:
+        return argv
+    if subprocess.run([unshare, "-n", ip, "link", "set", "lo", "up"], check=False,
+                      capture_output=True).returncode:
+        return argv
+    return [unshare, "-n", "sh", "-c", f'{ip} link set lo up && exec "$@"', "sh", *argv]
+
+
+# The probe ends a serving uvicorn with SIGTERM, which uvicorn re-raises once it has shut
+# down; a refusal is exit code 3.
+STOPPED_BY_THE_PROBE = (0, -signal.SIGTERM)
+
+
+def _uvicorn(host: str, extra_env: dict[str, str], key: str | None = None) -> dict[str, Any]:
+    port = free_port()
+    argv = [sys.executable, "-m", "tests.support.uvicorn_probe", "--port", str(port),
+            *(["--key", key] if key else []), "--",
+            "--factory", "app.main:create_app", "--host", host, "--port", str(port)]
+    env = _env({"SLEEPWELL_WARMUP": "false", **extra_env})
+    result = subprocess.run(_in_private_network(argv), cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=180, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    outcome: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
+    return {**outcome, "port": port}
+
+
+def test_uvicorn_direct_wildcard_host_without_keys_exits_before_answering() -> None:
+    # SLEEPWELL_HOST says loopback; uvicorn's --host is what is really bound.
+    outcome = _uvicorn("0.0.0.0", {"SLEEPWELL_HOST": "127.0.0.1"})
+    output = outcome["output"]
+    assert outcome["returncode"] == 3, output[-3000:]
+    assert outcome["answers"] == [], "not one request may be answered, not even an error"
+    (refusal,) = [json.loads(line) for line in output.splitlines()
+                  if line.startswith("{") and "protected mode" in line]
+    # The socket uvicorn really bound (its --port; SLEEPWELL_PORT is another free port).
+    assert refusal["level"] == "ERROR" and f"0.0.0.0:{outcome['port']}" in refusal["message"]
+    assert "SLEEPWELL_API_KEYS" in refusal["message"] and "--host 127.0.0.1" in refusal["message"]
+    assert "Traceback" not in output and "Application startup complete" in output
+
+
+@pytest.mark.parametrize(
+    ("extra_env", "key"),
+    [({"SLEEPWELL_API_KEYS": "sk-uvicorn-direct"}, "sk-uvicorn-direct"),
+     ({"SLEEPWELL_ALLOW_UNAUTHENTICATED": "true"}, None)],
+    ids=["keys", "allow-unauthenticated"],
+)
+def test_uvicorn_direct_wildcard_host_serves_with_keys_or_when_allowed(
+    extra_env: dict[str, str], key: str | None
+) -> None:
+    outcome = _uvicorn("0.0.0.0", extra_env, key)
+    assert outcome["answers"][-1:] == [200], outcome["output"][-3000:]
+    assert outcome["returncode"] in STOPPED_BY_THE_PROBE
+    warned = "SECURITY WARNING" in outcome["output"]
+    assert warned == (key is None), "warn exactly when an exposed API has no keys"
+
+
+def test_uvicorn_direct_loopback_host_serves_without_keys_whatever_sleepwell_host_says() -> None:
+    outcome = _uvicorn("127.0.0.1", {"SLEEPWELL_HOST": "0.0.0.0"})
+    assert outcome["answers"][-1:] == [200], outcome["output"][-3000:]
+    assert outcome["returncode"] in STOPPED_BY_THE_PROBE
+    assert "protected mode" not in outcome["output"]
+
+
+def test_create_app_checks_keys_file_but_not_sleepwell_host() -> None:
+    create_app(Settings(host="0.0.0.0"))  # the real sockets decide, once bound
+    with pytest.raises(SystemExit, match="SLEEPWELL_API_KEYS_FILE"):
+        create_app(Settings(api_keys_file=Path("/nonexistent/sleepwell-keys")))

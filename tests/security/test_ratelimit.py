@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from tests.security.conftest import REDIS_URL, redis_namespace
+from tests.security.conftest import redis_namespace
 from tests.support.server import RunningServer, gunicorn_server
 
 KEYS = ("sk-rate-a", "sk-rate-b", "sk-rate-c", "sk-rate-d")
@@ -23,13 +23,13 @@ PER_IP = 10
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[RunningServer]:
-    with redis_namespace() as prefix:
+def server(redis_url: str) -> Iterator[RunningServer]:
+    with redis_namespace(redis_url) as prefix:
         env = {
             "SLEEPWELL_API_KEYS": ",".join(KEYS),
             "SLEEPWELL_RATE_LIMIT": f"{PER_KEY}/minute",
             "SLEEPWELL_RATE_LIMIT_PER_IP": f"{PER_IP}/minute",
-            "SLEEPWELL_RATE_LIMIT_STORAGE": REDIS_URL,
+            "SLEEPWELL_RATE_LIMIT_STORAGE": redis_url,
             "SLEEPWELL_RATE_LIMIT_KEY_PREFIX": prefix,
         }
         with gunicorn_server(env, workers=2) as running:

@@ -22,7 +22,7 @@ from app.security.protected_mode import (
 )
 from app.security.ratelimit import Decision, RateLimiter, storage_uri
 from app.settings import Settings
-from tests.security.conftest import REDIS_URL, redis_keys
+from tests.security.conftest import redis_keys
 
 
 def test_parse_keys_text_comments_and_blanks_are_ignored() -> None:
@@ -126,6 +126,17 @@ def test_settings_bad_rate_limit_string_is_refused_at_startup() -> None:
     assert Settings(rate_limit=" ").rate_limit is None
 
 
+def test_settings_forwarded_allow_ips_accepts_addresses_networks_and_any() -> None:
+    assert Settings().forwarded_allow_ips == "127.0.0.1,::1"
+    assert Settings(forwarded_allow_ips=" 10.0.0.0/8, ::1 ,").forwarded_allow_ips == (
+        "10.0.0.0/8,::1")
+    assert Settings(forwarded_allow_ips="*").forwarded_allow_ips == "*"
+    assert Settings(forwarded_allow_ips="").forwarded_allow_ips == ""
+    for bad in ("10.0.0.1/8", "proxy.example.com", "127.0.0.1,300.1.1.1"):
+        with pytest.raises(ValidationError, match="not an IP address or CIDR network"):
+            Settings(forwarded_allow_ips=bad)
+
+
 def test_cors_options_off_by_default_and_lists_origins() -> None:
     assert cors_options(Settings()) is None
     options = cors_options(Settings(cors_origins="https://a.example, https://b.example"))
@@ -201,15 +212,17 @@ async def test_ratelimiter_memory_storage_refuses_past_the_limit() -> None:
     assert other is not None and other.allowed
 
 
-async def test_ratelimiter_redis_storage_counts_under_the_prefix(redis_prefix: str) -> None:
-    settings = Settings(rate_limit="2/minute;5/hour", rate_limit_storage=REDIS_URL,
+async def test_ratelimiter_redis_storage_counts_under_the_prefix(
+    redis_url: str, redis_prefix: str
+) -> None:
+    settings = Settings(rate_limit="2/minute;5/hour", rate_limit_storage=redis_url,
                         rate_limit_key_prefix=redis_prefix)
     first, second = RateLimiter(settings), RateLimiter(settings)  # two workers' limiters
     results = [await limiter.check(first.per_key, "ip", "10.9.9.9")
                for limiter in (first, second, first)]
     assert [d.allowed for d in results if d] == [True, True, False]
     assert results[1] is not None and results[1].limit == 2  # the tighter window is reported
-    assert redis_keys(redis_prefix), "the limiter wrote nothing under its prefix"
+    assert redis_keys(redis_url, redis_prefix), "the limiter wrote nothing under its prefix"
 
 
 async def test_ratelimiter_storage_down_lets_requests_through_quickly() -> None:
