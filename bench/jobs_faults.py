@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager, suppress
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import httpx
@@ -102,12 +102,7 @@ def kill_busy_worker(url: str, server: RunningServer) -> tuple[float, list[str]]
 
 
 def kill_master(server: RunningServer) -> tuple[float, list[int]]:
-    workers = server.worker_pids()
-    os.kill(server.process.pid, signal.SIGKILL)
-    for pid in workers:
-        with suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    server.process.wait(10)
+    workers = server.kill()
     return time.time(), workers
 
 

@@ -1,18 +1,30 @@
-"""Throughput: the pipeline called directly vs served over HTTP, and batching on vs off.
+"""Throughput and latency against the raw pipeline's limits, as ratios in one run.
 
-    .venv/bin/python bench/throughput.py [--steps 4] [--seconds 20]
+    .venv/bin/python bench/throughput.py [--runs 3] [--seconds 15] [--configs 1:auto 1:1 2:auto]
 
-Same work everywhere: 64x64 images, --steps denoising steps, the demo model, CPU.
-Prints one table; nothing is asserted.
+(a) The raw pipeline in a plain loop (the service's own loader), at batch sizes 1, 2, 4 and
+    8, with the torch threads each served configuration uses: images/s, and per-call p50
+    latency at batch 1.
+(b) The service, through gunicorn, per configuration WORKERS:THREADS ("auto" = the
+    default policy of app/serving/gunicorn_support.py): concurrency 1 (p50 latency) and
+    concurrency 8 (images/s, closed loop), with /health/live probed 20 times a second during
+    the concurrency-8 load (p99). The load generator runs on the same machine.
+Ratios, per run, then median (min-max) over ``--runs``: c=1 p50 / raw batch-1 p50 of the
+same thread count (goal <= 1.05), c=8 images/s / raw best batch (goal >= 0.9).
+Work everywhere: 64x64, ``--steps`` steps, the demo model, CPU. Nothing is asserted.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import statistics
 import sys
 import time
 from pathlib import Path
+
+import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -22,9 +34,18 @@ from app.settings import Settings  # noqa: E402
 from bench.loadgen import print_table, run_load  # noqa: E402
 from tests.support.server import DEMO_MODEL_DIR, gunicorn_server  # noqa: E402
 
+BATCHES = (1, 2, 4, 8)
 
-def direct_images_per_s(steps: int, seconds: float, threads: int | None) -> float:
-    """(a) The pipeline in a plain loop, loaded through the service's own loader."""
+
+def spread(values: list[float], digits: int = 2) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return (f"{statistics.median(values):.{digits}f} "
+            f"({min(values):.{digits}f}-{max(values):.{digits}f})")
+
+
+def raw_loop(steps: int, seconds: float, threads: int) -> dict[int, tuple[float, float]]:
+    """Per batch size: (images/s, p50 seconds per call)."""
     import torch
 
     from app.serving.demo_model import ensure_demo_model
@@ -33,61 +54,112 @@ def direct_images_per_s(steps: int, seconds: float, threads: int | None) -> floa
     ensure_demo_model(DEMO_MODEL_DIR)
     model = load_model(Settings(demo_model_dir=DEMO_MODEL_DIR, device="cpu",
                                 torch_threads=threads))
-    images, seed = 0, 0
-    started = time.monotonic()
-    while time.monotonic() - started < seconds:
-        with torch.inference_mode():
-            model.pipeline(prompt="bench", width=64, height=64, num_inference_steps=steps,
-                           generator=[torch.Generator("cpu").manual_seed(seed)])
-        images += 1
-        seed += 1
-    return images / (time.monotonic() - started)
+    found = {}
+    for batch in BATCHES:
+        calls: list[float] = []
+        started = time.monotonic()
+        while time.monotonic() - started < seconds:
+            call = time.perf_counter()
+            with torch.inference_mode():
+                model.pipeline(prompt=["bench"] * batch, width=64, height=64,
+                               num_inference_steps=steps, output_type="pt",
+                               generator=[torch.Generator("cpu").manual_seed(s)
+                                          for s in range(batch)])
+            calls.append(time.perf_counter() - call)
+        found[batch] = (batch * len(calls) / sum(calls), statistics.median(calls))
+    return found
 
 
-def served(steps: int, seconds: float, concurrency: int, max_batch: int) -> list[object]:
-    """(b)/(c) One gunicorn worker, loaded by ``concurrency`` clients."""
-    env = {"SLEEPWELL_MAX_BATCH_SIZE": str(max_batch), "SLEEPWELL_MAX_QUEUE": "64",
-           "SLEEPWELL_LOG_LEVEL": "warning"}
+async def probe_health(url: str, stop: asyncio.Event, latencies: list[float]) -> None:
+    async with httpx.AsyncClient(timeout=10) as client:
+        while not stop.is_set():
+            sent = time.perf_counter()
+            await client.get(url)
+            latencies.append(time.perf_counter() - sent)
+            await asyncio.sleep(0.05)
+
+
+async def loaded(url: str, health: str, body: dict[str, object], seconds: float) -> tuple[
+        float, float]:
+    stop, latencies = asyncio.Event(), []
+    prober = asyncio.create_task(probe_health(health, stop, latencies))
+    result = await run_load(url, body, 8, 100_000, seconds)
+    stop.set()
+    await prober
+    latencies.sort()
+    return result.images_per_s, latencies[int(0.99 * (len(latencies) - 1))]
+
+
+def served(workers: int, threads: int | None, steps: int, seconds: float,
+           extra_env: dict[str, str]) -> tuple[float, float, float]:
+    """(c=1 p50 s, c=8 images/s, health p99 s) for one configuration."""
+    env = {"SLEEPWELL_MAX_QUEUE": "64", "SLEEPWELL_LOG_LEVEL": "warning", **extra_env}
+    if threads is not None:
+        env["SLEEPWELL_TORCH_THREADS"] = str(threads)
     body = {"prompt": "bench", "size": "64x64", "num_inference_steps": steps}
-    with gunicorn_server(env) as server:
+    with gunicorn_server(env, workers=workers) as server:
         url = server.url + "/v1/images/generations"
-        asyncio.run(run_load(url, body, concurrency, concurrency * 2, 30))  # warm
-        result = asyncio.run(run_load(url, body, concurrency, 10_000, seconds))
-    return [concurrency, max_batch, f"{result.images_per_s:.2f}",
-            f"{result.p50 * 1000:.0f}", f"{result.percentile(0.99) * 1000:.0f}",
-            dict(result.statuses)]
+        asyncio.run(run_load(url, body, 8, 32, 60))  # warm every worker
+        single = asyncio.run(run_load(url, body, 1, 100_000, seconds))
+        rate, health_p99 = asyncio.run(loaded(url, server.url + "/health/live", body, seconds))
+    return single.p50, rate, health_p99
+
+
+def parse_config(text: str) -> tuple[int, int | None]:
+    workers, threads = text.split(":")
+    return int(workers), None if threads == "auto" else int(threads)
+
+
+def threads_of(workers: int, threads: int | None) -> int:
+    return threads if threads is not None else cpu_threads_per_worker(workers)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--steps", type=int, default=4)
-    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--configs", nargs="+", default=["1:auto", "1:1", "2:auto"])
+    parser.add_argument("--env", nargs="*", default=[], help="KEY=VALUE for the service")
     args = parser.parse_args()
+    configs = [parse_config(text) for text in args.configs]
+    extra_env = dict(item.split("=", 1) for item in args.env)
+    raw: dict[int, list[dict[int, tuple[float, float]]]] = {}
+    results: dict[tuple[int, int | None], list[tuple[float, float, float]]] = {}
+    for _ in range(args.runs):
+        for threads in sorted({threads_of(w, t) for w, t in configs}):
+            raw.setdefault(threads, []).append(raw_loop(args.steps, args.seconds, threads))
+        for workers, threads in configs:
+            results.setdefault((workers, threads), []).append(
+                served(workers, threads, args.steps, args.seconds, extra_env))
+    print_report(args, raw, results)
 
-    import torch
 
-    default_threads = torch.get_num_threads()
-    served_threads = cpu_threads_per_worker(1)
+def print_report(args: argparse.Namespace, raw: dict[int, list[dict[int, tuple[float, float]]]],
+                 results: dict[tuple[int, int | None], list[tuple[float, float, float]]]) -> None:
+    print(f"\n64x64, {args.steps} steps, demo model, CPU ({os.cpu_count()} cores), "
+          f"{args.seconds:.0f} s per measurement, {args.runs} run(s): median (min-max)")
     rows: list[list[object]] = []
-    direct = 0.0
-    for threads in sorted({default_threads, served_threads}, reverse=True):
-        rate = direct_images_per_s(args.steps, args.seconds, threads)
-        rows.append([f"(a) direct loop, {threads} torch threads", "-", "-", f"{rate:.2f}", "-",
-                     "-", "-", "-"])
-        direct = max(direct, rate)
-    default_batch = Settings.model_fields["max_batch_size"].default
-    for label, concurrency, batch in (
-        ("(b) HTTP, 1 worker, defaults", 1, default_batch),
-        ("(b) HTTP, 1 worker, defaults", 8, default_batch),
-        ("(c) HTTP, batching off", 8, 1),
-    ):
-        row = served(args.steps, args.seconds, concurrency, batch)
-        ratio = float(str(row[2])) / direct
-        rows.append([label, *row[:2], *row[2:], f"{ratio:.2f}"])
-    print(f"\n64x64, {args.steps} steps, demo model, CPU, {args.seconds:.0f}s per row; served "
-          f"with {served_threads} torch thread(s) per worker; 'vs (a)' divides by the best (a)")
-    print_table(["scenario", "concurrency", "max batch", "images/s", "p50 ms", "p99 ms",
-                 "statuses", "vs (a)"], rows)
+    for threads, runs in sorted(raw.items()):
+        for batch in BATCHES:
+            rows.append([f"raw loop, {threads} thread(s)", batch,
+                         spread([run[batch][0] for run in runs]),
+                         spread([run[batch][1] * 1000 for run in runs], 0)])
+    print_table(["(a)", "batch", "images/s", "p50 ms per call"], rows)
+    rows = []
+    for (workers, threads), runs in results.items():
+        used = threads_of(workers, threads)
+        raw_runs = raw[used]
+        p50_ratio = [r[0] / raw_runs[i][1][1] for i, r in enumerate(runs)]
+        best = [max(rate for rate, _ in raw_runs[i].values()) for i in range(len(runs))]
+        rate_ratio = [r[1] / best[i] for i, r in enumerate(runs)]
+        rows.append([f"{workers} worker(s) x {used} thread(s)"
+                     + (" (default)" if threads is None else ""),
+                     spread([r[0] * 1000 for r in runs], 0), spread(p50_ratio),
+                     spread([r[1] for r in runs]), spread(rate_ratio),
+                     spread([r[2] * 1000 for r in runs], 1)])
+    print_table(["(b) served", "c=1 p50 ms", "/ raw bs1 p50", "c=8 images/s",
+                 "/ raw best", "health p99 ms (c=8)"], rows)
 
 
 if __name__ == "__main__":

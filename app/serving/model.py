@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from app.errors import SleepwellError
+from app.errors import ServiceUnavailable
 from app.serving.budget import MemoryBudget
 from app.serving.demo_model import ensure_demo_model
 from app.settings import DeviceChoice, DtypeChoice, Settings, is_local_path
@@ -24,9 +24,7 @@ _DTYPES = {
 }
 
 
-class ModelLoadError(SleepwellError):
-    status_code = 503
-    error_type = "service_unavailable"
+class ModelLoadError(ServiceUnavailable):
     code = "model_load_failed"
 
 

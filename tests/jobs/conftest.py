@@ -6,14 +6,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.jobs.postgres import TestPostgres
+from tests.jobs.postgres import TestPostgres, running_postgres
 
 
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[TestPostgres]:
-    server = TestPostgres()
-    server.start()
-    try:
+    with running_postgres() as server:
         yield server
-    finally:
-        server.close()

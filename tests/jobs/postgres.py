@@ -6,6 +6,8 @@ import shutil
 import tempfile
 import uuid
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +46,17 @@ class TestPostgres:
         self.server.psql(f"CREATE DATABASE {name};")
         url: str = self.server.get_uri(database=name)
         return url
+
+
+@contextmanager
+def running_postgres() -> Iterator[TestPostgres]:
+    """A started server, removed with its data afterwards."""
+    server = TestPostgres()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.close()
 
 
 def query(url: str, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from tests.jobs.helpers import auth, submit, wait_final, wait_job
-from tests.jobs.postgres import TestPostgres, query
+from tests.jobs.postgres import TestPostgres, query, running_postgres
 from tests.jobs.test_jobs_api import wait_health_jobs
 from tests.support.scrape import value
 from tests.support.server import gunicorn_server
@@ -40,12 +40,8 @@ def _env(url: str, workers_note: str = "") -> dict[str, str]:
 @pytest.fixture
 def own_postgres() -> Iterator[TestPostgres]:
     """A server of this test's own: it gets stopped and started again."""
-    server = TestPostgres()
-    server.start()
-    try:
+    with running_postgres() as server:
         yield server
-    finally:
-        server.close()
 
 
 def test_jobs_postgres_restart_loses_nothing_and_sync_keeps_answering(

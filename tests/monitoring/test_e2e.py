@@ -8,12 +8,10 @@ failures -> HighFailureRate, then every dashboard query against the live Prometh
 
 from __future__ import annotations
 
-import os
-import signal
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack, suppress
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -163,12 +161,7 @@ def _mail(stack: Stack, subject: str, since: float) -> Mail:
 
 def _kill(server: RunningServer) -> None:
     """SIGKILL the gunicorn master and its workers: a crash, not a graceful stop."""
-    workers = server.worker_pids()
-    os.kill(server.process.pid, signal.SIGKILL)
-    for pid in workers:
-        with suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    server.process.wait(10)
+    workers = server.kill()
     wait_until(lambda: not any(Path(f"/proc/{pid}").exists() for pid in workers), 10,
                "workers gone", period=0.1)
 

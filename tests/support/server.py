@@ -11,7 +11,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -100,6 +100,16 @@ class RunningServer:
                 pid = line.split('pid="', 1)[1].split('"', 1)[0]
                 ready.add(int(pid))
         return ready
+
+    def kill(self) -> list[int]:
+        """SIGKILL the master and its workers at once: a crash, not a stop. The workers."""
+        workers = self.worker_pids()
+        os.kill(self.process.pid, signal.SIGKILL)
+        for pid in workers:
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.process.wait(10)
+        return workers
 
     def stop(self, timeout: float = 30.0) -> int:
         if self.process.poll() is None:
