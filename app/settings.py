@@ -70,7 +70,7 @@ class Settings(BaseSettings):
     dtype: DtypeChoice = DtypeChoice.AUTO
     warmup: bool = True
     torch_threads: int | None = Field(
-        None, ge=1, description="CPU threads for torch; gunicorn: cores / workers - 1"
+        None, ge=1, description="CPU threads for torch; gunicorn: cores / workers"
     )
 
     # --- request limits ----------------------------------------------------------------
@@ -104,8 +104,8 @@ class Settings(BaseSettings):
     )
 
     # --- batching ----------------------------------------------------------------------
-    # Measured with bench/throughput.py on CPU (64x64, 4 steps, concurrency 8): 8.76
-    # images/s merged up to 4 vs 7.23 one by one; on a GPU merging also fills idle SMs.
+    # Measured with bench/throughput.py on CPU (64x64, 4 steps, 2 threads, 3 runs): the
+    # pipeline makes 8.26 images/s at batch 4 vs 5.13 at 1; on a GPU it also fills idle SMs.
     max_batch_size: int = Field(4, ge=1, description="requests merged into one pipeline call")
     encode_threads: int = Field(
         2, ge=1, description="threads per worker turning pixels into PNG/JPEG/WebP"

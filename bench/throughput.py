@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import multiprocessing
 import os
 import statistics
 import sys
 import time
+from multiprocessing.synchronize import Event
 from pathlib import Path
 
 import httpx
@@ -70,23 +72,37 @@ def raw_loop(steps: int, seconds: float, threads: int) -> dict[int, tuple[float,
     return found
 
 
-async def probe_health(url: str, stop: asyncio.Event, latencies: list[float]) -> None:
-    async with httpx.AsyncClient(timeout=10) as client:
-        while not stop.is_set():
+def probe_health(url: str, seconds: float, ready: Event, go: Event,
+                 found: multiprocessing.Queue[list[float]]) -> None:
+    """GET ``url`` 20 times a second for ``seconds`` once ``go`` is set, in its own process.
+
+    Its own process, so the load generator's event loop and GIL are not in the figure.
+    """
+    latencies = []
+    ready.set()
+    go.wait()
+    deadline = time.monotonic() + seconds
+    with httpx.Client(timeout=10) as client:
+        while time.monotonic() < deadline:
             sent = time.perf_counter()
-            await client.get(url)
+            client.get(url)
             latencies.append(time.perf_counter() - sent)
-            await asyncio.sleep(0.05)
+            time.sleep(0.05)
+    found.put(latencies)
 
 
-async def loaded(url: str, health: str, body: dict[str, object], seconds: float) -> tuple[
+def loaded(url: str, health: str, body: dict[str, object], seconds: float) -> tuple[
         float, float]:
-    stop, latencies = asyncio.Event(), []
-    prober = asyncio.create_task(probe_health(health, stop, latencies))
-    result = await run_load(url, body, 8, 100_000, seconds)
-    stop.set()
-    await prober
-    latencies.sort()
+    context = multiprocessing.get_context("spawn")  # no fork of a process holding torch
+    found: multiprocessing.Queue[list[float]] = context.Queue()
+    ready, go = context.Event(), context.Event()
+    prober = context.Process(target=probe_health, args=(health, seconds, ready, go, found))
+    prober.start()
+    ready.wait(timeout=60)
+    go.set()
+    result = asyncio.run(run_load(url, body, 8, 100_000, seconds))
+    latencies = sorted(found.get(timeout=seconds + 30))
+    prober.join(timeout=30)
     return result.images_per_s, latencies[int(0.99 * (len(latencies) - 1))]
 
 
@@ -101,7 +117,7 @@ def served(workers: int, threads: int | None, steps: int, seconds: float,
         url = server.url + "/v1/images/generations"
         asyncio.run(run_load(url, body, 8, 32, 60))  # warm every worker
         single = asyncio.run(run_load(url, body, 1, 100_000, seconds))
-        rate, health_p99 = asyncio.run(loaded(url, server.url + "/health/live", body, seconds))
+        rate, health_p99 = loaded(url, server.url + "/health/live", body, seconds)
     return single.p50, rate, health_p99
 
 

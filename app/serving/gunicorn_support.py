@@ -67,13 +67,14 @@ def worker_environment(
 
 
 def cpu_threads_per_worker(workers: int) -> int:
-    """Each worker's share of the cores, less one core kept for event loops and encoding.
+    """Each worker's share of the cores: all of them for one worker, one each for one per core.
 
-    OpenMP threads spin-wait for each other; when the event loop or an encoder takes one of
-    their cores, every parallel region stalls. Measured on 2 cores (bench/throughput.py):
-    2 threads served 1.4-2.0 images/s at concurrency 8 (p99 10 s); 1 thread served 6.8.
+    Chosen by measurement (bench/throughput.py, 2 cores, 3 runs; README "Performance"):
+    one worker with 2 threads served more than with 1 and kept health p99 in the same range;
+    keeping a core "free" cost 27-30 %. More threads than cores (oversubscription) is what
+    stalls OpenMP, so the shares never add up to more than the cores.
     """
-    return max(1, (os.cpu_count() or 1) // workers - 1)
+    return max(1, (os.cpu_count() or 1) // workers)
 
 
 def wait_with_heartbeat(seconds: float, heartbeat: Callable[[], None]) -> None:

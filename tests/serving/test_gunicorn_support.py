@@ -51,8 +51,9 @@ def test_worker_environment_shares_cores_between_workers() -> None:
     cores = os.cpu_count() or 1
     env = worker_environment(0, [], Settings(), workers=cores * 4)
     assert env["SLEEPWELL_TORCH_THREADS"] == "1"
-    expected = str(max(1, cores - 1))  # one core stays free for the event loop
-    assert worker_environment(0, [], Settings(), 1)["SLEEPWELL_TORCH_THREADS"] == expected
+    assert worker_environment(0, [], Settings(), 1)["SLEEPWELL_TORCH_THREADS"] == str(cores)
+    halves = worker_environment(0, [], Settings(), workers=2)["SLEEPWELL_TORCH_THREADS"]
+    assert halves == str(max(1, cores // 2))  # never more threads in all than cores
 
 
 def test_visible_gpu_ids_explicit_list_wins() -> None:
