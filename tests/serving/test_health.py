@@ -96,13 +96,15 @@ def test_health_stalled_worker_never_looks_alive_and_is_replaced(demo_model_dir)
 
 
 def test_health_slow_but_progressing_generation_stays_live_and_busy(demo_model_dir) -> None:
-    env = {"SLEEPWELL_FAULT_INJECTION": "true", "SLEEPWELL_STALL_TIMEOUT_S": "1.5"}
+    # Each step is 0.5 s of sleep plus its compute (over 1 s under a CPU hog); the run, 16
+    # steps, lasts longer than the stall timeout, so only per-step progress keeps it live.
+    env = {"SLEEPWELL_FAULT_INJECTION": "true", "SLEEPWELL_STALL_TIMEOUT_S": "4"}
     with gunicorn_server(env) as server:
         done = threading.Event()
         answers: list[int] = []
 
         def slow() -> None:
-            body = {"prompt": "[[slow=0.5]] steady", "size": "64x64", "num_inference_steps": 8}
+            body = {"prompt": "[[slow=0.5]] steady", "size": "64x64", "num_inference_steps": 16}
             answers.append(httpx.post(server.url + GENERATE, json=body, timeout=60).status_code)
             done.set()
 
