@@ -6,7 +6,6 @@ import base64
 import io
 import json
 import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,6 +15,7 @@ from PIL import Image
 
 from tests.support.scrape import value
 from tests.support.server import RunningServer, gunicorn_server
+from tests.support.waiting import wait_until
 
 GENERATE = "/v1/images/generations"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -76,14 +76,6 @@ def access_lines(server: RunningServer, request_id: str) -> list[dict[str, Any]]
             if line.get("logger") == "sleepwell.access" and line.get("request_id") == request_id]
 
 
-def wait_for(predicate, timeout: float) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return bool(predicate())
-
 
 def test_stream_progress_counts_steps_then_one_completed_event_per_image(server) -> None:
     answer, events = stream(server, prompt="[[slow=0.2]] steps", num_inference_steps=5, n=2,
@@ -116,7 +108,7 @@ def test_stream_is_counted_once_in_metrics_and_logged_once(server) -> None:
     assert after["images"] - before["images"] == 2
     assert after["latency"] - before["latency"] == 1
     request_id = answer.headers["x-request-id"]
-    assert wait_for(lambda: access_lines(server, request_id), 5)
+    wait_until(lambda: access_lines(server, request_id), 5)
     [line] = access_lines(server, request_id)
     assert line["status"] == 200 and line["stream"] is True and line["outcome"] == "success"
     assert {"queue_ms", "inference_ms", "encode_ms"} <= set(line)
@@ -143,8 +135,8 @@ def test_stream_client_disconnect_stops_the_run_at_the_next_step(server) -> None
         for _, data in parse_events(answer.iter_lines()):
             if data.get("step", 0) >= 2:
                 break  # leaving the block closes the connection mid-run
-    assert wait_for(lambda: counts(server)["cancelled"] == before["cancelled"] + 1, 15)
-    assert wait_for(lambda: counts(server)["inflight"] == 0, 15)
+    wait_until(lambda: counts(server)["cancelled"] == before["cancelled"] + 1, 15)
+    wait_until(lambda: counts(server)["inflight"] == 0, 15)
     after = counts(server)
     assert after["steps"] - before["steps"] < steps  # stopped, not run to the end
     assert after["success"] == before["success"]
@@ -152,7 +144,7 @@ def test_stream_client_disconnect_stops_the_run_at_the_next_step(server) -> None
     assert httpx.post(server.url + GENERATE, json={**fields, "stream": False, "prompt": "x",
                                                    "num_inference_steps": 2}).status_code == 200
     assert counts(server)["steps"] == after["steps"] + 2
-    assert wait_for(lambda: access_lines(server, request_id), 5)
+    wait_until(lambda: access_lines(server, request_id), 5)
     [line] = access_lines(server, request_id)
     assert line["outcome"] == "cancelled"
 
@@ -174,7 +166,7 @@ def test_stream_past_its_deadline_ends_with_a_504_error_event(server) -> None:
     [error] = of(events, "error")
     assert error["status"] == 504 and error["error"]["code"] == "deadline_exceeded"
     assert counts(server)["timeout"] == before["timeout"] + 1
-    assert wait_for(lambda: counts(server)["inflight"] == 0, 15)
+    wait_until(lambda: counts(server)["inflight"] == 0, 15)
 
 
 def test_stream_waiting_behind_another_run_reports_its_queue_position(server) -> None:

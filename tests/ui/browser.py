@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import re
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,11 +54,3 @@ def _note_console(tab: Tab, kind: str, text: str) -> None:
     if kind in ("error", "warning") and not _EXPECTED_CONSOLE.search(text):
         tab.problems.append(f"console {kind}: {text}")
 
-
-def wait_for(predicate: Callable[[], bool], timeout: float, period: float = 0.2) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(period)
-    return predicate()

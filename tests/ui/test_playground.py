@@ -14,7 +14,8 @@ from playwright.sync_api import Browser, expect
 from tests.support.proxy import RunningProxy
 from tests.support.scrape import value
 from tests.support.server import RunningServer
-from tests.ui.browser import DESKTOP, PHONE, Tab, open_tab, wait_for
+from tests.support.waiting import wait_until
+from tests.ui.browser import DESKTOP, PHONE, Tab, open_tab
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 LONG = 90_000  # ms: a run on two busy cores, never a timing assertion
@@ -111,7 +112,7 @@ def test_playground_cancel_stops_the_run_on_the_server(
                 == value(before, "image_generation_total", status="cancelled") + 1
                 and value(text, "image_generation_inflight") == 0)
 
-    assert wait_for(cancelled_and_idle, 30)
+    wait_until(cancelled_and_idle, 30, period=0.2, what="run cancelled, service idle")
     stopped_at = value(metrics(service), "inference_steps_total")
     assert stopped_at - value(before, "inference_steps_total") < steps
     # inference_steps_total stopped growing: the next 2-step run adds exactly 2.

@@ -12,7 +12,8 @@ import pytest
 from playwright.sync_api import Browser, expect
 
 from tests.support.server import RunningServer, gunicorn_server
-from tests.ui.browser import DESKTOP, PHONE, open_tab, wait_for
+from tests.support.waiting import wait_until
+from tests.ui.browser import DESKTOP, PHONE, open_tab
 
 API_KEY = "sk-playground-test"
 LONG = 90_000
@@ -86,7 +87,8 @@ def degraded() -> Iterator[RunningServer]:
         failed = httpx.post(running.url + "/v1/images/generations", timeout=60,
                             json={"prompt": "[[fail]] x", "size": "64x64"})
         assert failed.status_code == 500
-        assert wait_for(lambda: _state(running) == "degraded", 60), running.log()[-3000:]
+        wait_until(lambda: _state(running) == "degraded", 60, period=0.2,
+                   what="a degraded worker")
         yield running
 
 
