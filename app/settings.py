@@ -110,7 +110,10 @@ class Settings(BaseSettings):
     encode_threads: int = Field(
         2, ge=1, description="threads per worker turning pixels into PNG/JPEG/WebP"
     )
-    batch_wait_ms: float = Field(5.0, ge=0)
+    batch_wait_ms: float = Field(
+        5.0, ge=0, description="longest wait for batch-mates, only while another request is "
+        "being answered; a lone client never pays it",
+    )
 
     # --- health ------------------------------------------------------------------------
     stall_timeout_s: float = Field(60.0, gt=0)

@@ -1,4 +1,9 @@
-"""Shared objects for routers, handed out through ``Annotated[..., Depends(...)]``."""
+"""Shared objects for routers, handed out through ``Annotated[..., Depends(...)]``.
+
+The providers are ``async def`` although they never await: FastAPI runs a plain ``def``
+dependency in its thread pool, a thread hop on every request (and on every health probe)
+that waits for the GIL beside the inference thread (issue 12).
+"""
 
 from __future__ import annotations
 
@@ -10,17 +15,17 @@ from app.serving.service import Service
 from app.settings import Settings
 
 
-def get_service(request: Request) -> Service:
+async def get_service(request: Request) -> Service:
     service: Service = request.app.state.service
     return service
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_request_id(request: Request) -> str:
+async def get_request_id(request: Request) -> str:
     return str(getattr(request.state, "request_id", "-"))
 
 

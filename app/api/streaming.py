@@ -128,6 +128,7 @@ class GenerationEventStream(Response):
             disconnected.cancel()
             if not self.generation.future.done():  # any way out but an answer: nobody waits
                 self.runner.cancel(self.generation, Cancelled("The client disconnected."))
+            self.runner.release(self.generation)
             scope.setdefault("state", {})["access_fields"] = self._access_fields()
 
     async def _follow(self, send: Send, disconnected: asyncio.Task[None]) -> bool:

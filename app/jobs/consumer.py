@@ -156,8 +156,11 @@ class Consumer:
         job.generation = generation
         await self._submit(generation)
         job.tasks.append(asyncio.create_task(self._watch(job, generation)))
-        images = await generation.future
-        encoded = await self.service.encoder.encode(images, generation.params.output_format)
+        try:
+            images = await generation.future
+            encoded = await self.service.encoder.encode(images, generation.params.output_format)
+        finally:
+            self.service.runner.release(generation)
         return [ImageData(b64_json=b64, seed=seed).model_dump(exclude_none=True)
                 for b64, seed in zip(encoded, generation.seeds, strict=True)]
 

@@ -75,6 +75,11 @@ MODEL_LOAD_FAILURES = Counter(
 )
 STEPS = Counter("inference_steps", "Denoising steps completed, including cancelled runs.")
 CUDA_OOM = Counter("cuda_oom", "CUDA out-of-memory errors caught at the pipeline boundary.")
+CONNECTIONS_SHED = Counter(
+    "http_connections_shed",
+    "Responses sent with Connection: close because other requests ran or queued on this worker, so "
+    "the client reconnects and a less busy sibling worker may take the connection.",
+)
 MODEL_READY = Gauge(
     "model_ready",
     "1 when this worker's model is loaded, warmed up and serving; one series per worker.",

@@ -57,8 +57,9 @@ def free_slot(used: Iterable[int | None], slots: int) -> int:
 def worker_environment(
     slot: int, gpu_ids: list[str], settings: Settings, workers: int
 ) -> dict[str, str]:
-    """Environment a worker in ``slot`` needs: its GPU, its slot, its share of the cores."""
-    env = {"SLEEPWELL_WORKER_SLOT": str(slot)}
+    """Environment a worker in ``slot`` needs: its GPU, its slot, its share of the cores,
+    and how many workers there are (it sheds keep-alive connections only with siblings)."""
+    env = {"SLEEPWELL_WORKER_SLOT": str(slot), "SLEEPWELL_WORKERS": str(workers)}
     if gpu_ids:
         env["CUDA_VISIBLE_DEVICES"] = gpu_ids[slot % len(gpu_ids)]
     if settings.torch_threads is None:

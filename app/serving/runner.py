@@ -35,6 +35,9 @@ logger = logging.getLogger("sleepwell.runner")
 _EWMA_WEIGHT = 0.3
 # Used only until the first real call (or the warm-up) has been timed.
 _UNMEASURED_SECONDS_PER_STEP = 0.5
+# An answered request that was never released (a caller that forgot) stops counting as
+# "being answered" after this long, so the set cannot grow and the wait cannot stick.
+ANSWERING_HORIZON_S = 1.0
 
 class Runner:
     def __init__(
@@ -52,6 +55,9 @@ class Runner:
         self.streak = FailureStreak()
         self.seconds_per_step: float | None = None  # measured, per pipeline call
         self.scheduler_error: str | None = None
+        # Settled generations whose caller is still encoding or sending the answer: their
+        # clients are the likeliest next arrivals, so they are what a batch wait waits for.
+        self._answering: dict[Generation, float] = {}
         self._wakeup = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -128,6 +134,11 @@ class Runner:
             metrics.IMAGES.inc(len(outcome))
             metrics.LATENCY.observe(elapsed)
             generation.future.set_result(outcome)
+        self._answering[generation] = time.monotonic()
+
+    def release(self, generation: Generation) -> None:
+        """The caller has built its answer to ``generation`` (sync, stream or job)."""
+        self._answering.pop(generation, None)
 
     # --- the scheduler task -----------------------------------------------------------
     def start(self, on_died: Callable[[str], None] | None = None) -> None:
@@ -164,11 +175,38 @@ class Runner:
             self._wakeup.clear()
             await self._wakeup.wait()
         key = self.queue[0].params.batch_key
-        if self.max_batch > 1 and self.batch_wait_s > 0 and self._compatible(key) < self.max_batch:
-            # A short wait lets concurrent arrivals share this call instead of queueing behind it.
-            await asyncio.sleep(self.batch_wait_s)
-            self._drop_abandoned()
+        if self._worth_waiting(key):
+            await self._gather_company(key)
         return self._take(key) if self.queue else []
+
+    async def _gather_company(self, key: tuple[Any, ...]) -> None:
+        """Hold the call until it is full or ``batch_wait_s`` has passed, whichever is first."""
+        deadline = time.monotonic() + self.batch_wait_s
+        while self.queue and self._compatible(key) < self.max_batch:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            self._wakeup.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
+        self._drop_abandoned()
+
+    def _worth_waiting(self, key: tuple[Any, ...]) -> bool:
+        """Whether to hold a call that has room for ``batch_wait_s`` for more arrivals.
+
+        Only while another request is still being answered: its client is likely to send
+        the next one now, and sharing the call beats queueing behind it. A lone client
+        (concurrency 1) would otherwise pay the wait on every call for nothing.
+        """
+        if self.max_batch <= 1 or self.batch_wait_s <= 0:
+            return False
+        if self._compatible(key) >= self.max_batch:
+            return False
+        horizon = time.monotonic() - ANSWERING_HORIZON_S
+        for generation, settled_at in list(self._answering.items()):
+            if settled_at < horizon:
+                del self._answering[generation]
+        return bool(self._answering)
 
     def _compatible(self, key: tuple[Any, ...]) -> int:
         return sum(1 for generation in self.queue if generation.params.batch_key == key)

@@ -133,6 +133,21 @@ class Service:
         self._waiters_released.set()  # requests held for the load: answer them now
         metrics.MODEL_READY.set(0)
 
+    def shed_connection(self) -> bool:
+        """Whether this response should end its keep-alive connection.
+
+        A keep-alive client stays on the worker that accepted it: 8 pooled connections
+        were seen all on one of 2 workers while the other idled (bench/throughput.py).
+        While other requests run or queue here, closing makes the client reconnect, and a
+        sibling with less to do is the likelier to accept. (The queue alone is no sign: the
+        scheduler has already moved it onto the inference thread by the time this answer
+        is built.) One worker has nobody to hand over to.
+        """
+        if (self.settings.workers or 1) <= 1 or not (self.runner.queue or self.runner.inflight):
+            return False
+        metrics.CONNECTIONS_SHED.inc()
+        return True
+
     async def serving_model(self, arrived_at: float, requested: str | None = None) -> LoadedModel:
         """The model to run a new request on; while loading, wait a little for it."""
         if self.health.state() is WorkerState.STARTING:

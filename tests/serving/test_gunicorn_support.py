@@ -37,14 +37,15 @@ def test_free_slot_all_taken_picks_least_used_slot() -> None:
 def test_worker_environment_pins_one_gpu_per_slot() -> None:
     gpus = ["3", "5"]
     settings = Settings(torch_threads=4)
-    expected = {"SLEEPWELL_WORKER_SLOT": "0", "CUDA_VISIBLE_DEVICES": "3"}
+    expected = {"SLEEPWELL_WORKER_SLOT": "0", "SLEEPWELL_WORKERS": "2",
+                "CUDA_VISIBLE_DEVICES": "3"}
     assert worker_environment(0, gpus, settings, 2) == expected
     assert worker_environment(1, gpus, settings, 2)["CUDA_VISIBLE_DEVICES"] == "5"
 
 
 def test_worker_environment_cpu_sets_no_cuda_devices() -> None:
     env = worker_environment(0, [], Settings(torch_threads=1), 1)
-    assert env == {"SLEEPWELL_WORKER_SLOT": "0"}
+    assert env == {"SLEEPWELL_WORKER_SLOT": "0", "SLEEPWELL_WORKERS": "1"}
 
 
 def test_worker_environment_shares_cores_between_workers() -> None:

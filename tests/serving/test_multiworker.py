@@ -86,6 +86,27 @@ def test_metrics_exposition_passes_promtool_check(pair) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_keepalive_busy_worker_sheds_connections_so_a_sibling_can_take_them(pair) -> None:
+    """A keep-alive client stays on the worker that accepted it (all 8 of a bench's pooled
+    connections were once on one of 2 workers). A worker that answers while others' work
+    runs or waits there closes the connection; each worker's last answer keeps its own."""
+    before = scrape_value(pair, "http_connections_shed_total")
+    # Different step counts never share a call: on a worker given two, one waits.
+    bodies = [{**BODY, "num_inference_steps": steps} for steps in (20, 21, 22, 23)]
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(
+            lambda body: httpx.post(pair.url + GENERATE, json=body, timeout=60), bodies))
+    assert [answer.status_code for answer in answers] == [200] * 4
+    closed = sum(answer.headers.get("connection") == "close" for answer in answers)
+    assert 1 <= closed <= 3  # 4 runs on 2 workers: some worker had two at once
+    for text in scrapes(pair, 4):
+        assert value(text, "http_connections_shed_total") == before + closed
+
+
+def scrape_value(server: RunningServer, name: str) -> float:
+    return value(scrapes(server, 1)[0], name)
+
+
 def test_worker_kill9_respawns_in_same_slot_and_counts_survive(pair) -> None:
     before = value(scrapes(pair, 1)[0], "image_generation_total", status="success")
     old_pids = pair.worker_pids()

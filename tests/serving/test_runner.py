@@ -24,7 +24,7 @@ from app.observability import metrics
 from app.serving.admission import build_generation
 from app.serving.engine import Engine, InferenceThread
 from app.serving.generation import Generation
-from app.serving.runner import Runner
+from app.serving.runner import ANSWERING_HORIZON_S, Runner
 from app.settings import Settings
 from tests.support.waiting import async_wait_until
 
@@ -320,6 +320,71 @@ async def test_runner_draining_refuses_new_work_and_finishes_queued(engine) -> N
         runner.submit(job(engine))
     assert await drain
     assert all(item.future.done() and not item.future.exception() for item in queued)
+    await runner.stop(Cancelled("test over"))
+
+
+async def test_runner_lone_client_with_nobody_being_answered_skips_the_batch_wait(
+    engine,
+) -> None:
+    runner = make_runner(engine, batch_wait_s=5.0)
+    for _ in range(2):  # a concurrency-1 client: the next request once the last is answered
+        lone = job(engine)
+        runner.submit(lone)
+        await async_wait_until(lambda lone=lone: lone.started_at is not None, within_s=2.5,
+                               what="dispatch well before the 5 s batch wait")
+        await lone.future
+        runner.release(lone)
+    await runner.stop(Cancelled("test over"))
+
+
+async def test_runner_arrival_while_another_is_answered_waits_and_shares_a_call(
+    engine,
+) -> None:
+    runner = make_runner(engine, batch_wait_s=1.0)
+    first = job(engine, seed=1)
+    runner.submit(first)
+    await first.future  # answered; its caller is still encoding: its client may come back
+    second = job(engine, seed=2)
+    runner.submit(second)
+    await asyncio.sleep(0)  # the scheduler sees ``second`` alone and starts the wait
+    third = job(engine, seed=3)
+    runner.submit(third)
+    await asyncio.gather(second.future, third.future)
+    assert second.started_at == third.started_at  # one pipeline call
+    assert second.queue_seconds() >= 0.9  # held for the batch wait, not dispatched alone
+    await runner.stop(Cancelled("test over"))
+
+
+async def test_runner_batch_wait_ends_as_soon_as_the_call_is_full(engine) -> None:
+    runner = make_runner(engine, max_batch=2, batch_wait_s=30.0)
+    first = job(engine, seed=1)
+    runner.submit(first)
+    await first.future  # being answered: the next arrival waits for company
+    second = job(engine, seed=2)
+    runner.submit(second)
+    await asyncio.sleep(0)  # the scheduler holds ``second`` for company
+    third = job(engine, seed=3)
+    runner.submit(third)  # fills the call of 2: it starts now, not in 30 s
+    await async_wait_until(lambda: second.started_at is not None, within_s=5,
+                           what="dispatch of the full call")
+    await asyncio.gather(second.future, third.future)
+    assert second.started_at == third.started_at
+    await runner.stop(Cancelled("test over"))
+
+
+async def test_runner_unreleased_answer_stops_holding_calls_after_the_horizon(engine) -> None:
+    runner = make_runner(engine, batch_wait_s=5.0)
+    forgotten = job(engine)
+    runner.submit(forgotten)
+    await forgotten.future  # never released, as by a caller with a bug
+    answered_at = time.monotonic()
+    await async_wait_until(lambda: time.monotonic() - answered_at > ANSWERING_HORIZON_S,
+                           within_s=ANSWERING_HORIZON_S + 1)
+    later = job(engine)
+    runner.submit(later)
+    await async_wait_until(lambda: later.started_at is not None, within_s=2.5,
+                           what="dispatch well before the 5 s batch wait")
+    await later.future
     await runner.stop(Cancelled("test over"))
 
 

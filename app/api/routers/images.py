@@ -31,10 +31,13 @@ async def generate_images(
     service.runner.submit(generation)
     if body.stream:  # Server-Sent Events: app/api/streaming.py
         return GenerationEventStream(service.runner, service.encoder, generation)
-    images = await wait_for_images(service.runner, generation, request)
-    encode_started = time.monotonic()
-    encoded = await service.encoder.encode(images, generation.params.output_format)
-    encode_seconds = time.monotonic() - encode_started
+    try:
+        images = await wait_for_images(service.runner, generation, request)
+        encode_started = time.monotonic()
+        encoded = await service.encoder.encode(images, generation.params.output_format)
+        encode_seconds = time.monotonic() - encode_started
+    finally:
+        service.runner.release(generation)
     response = ImageGenerationResponse(
         created=int(time.time()),
         data=[
@@ -47,7 +50,10 @@ async def generate_images(
         f"inference;dur={generation.inference_seconds() * 1000:.1f}, "
         f"encode;dur={encode_seconds * 1000:.1f}"
     )
-    return JSONResponse(response.model_dump(exclude_none=True), headers={"Server-Timing": timing})
+    headers = {"Server-Timing": timing}
+    if service.shed_connection():
+        headers["Connection"] = "close"
+    return JSONResponse(response.model_dump(exclude_none=True), headers=headers)
 
 
 async def wait_for_images(runner: Runner, generation: Generation, request: Request) -> list[Any]:
