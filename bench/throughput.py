@@ -1,17 +1,21 @@
 """Throughput and latency against the raw pipeline's limits, as ratios in one run.
 
-    .venv/bin/python bench/throughput.py [--runs 3] [--seconds 15] [--configs 1:auto 1:1 2:auto]
+    .venv/bin/python bench/throughput.py [--runs 3] [--seconds 10] [--configs 1:auto 1:1 2:auto]
 
-(a) The raw pipeline in a plain loop (the service's own loader), at batch sizes 1, 2, 4 and
-    8, with the torch threads each served configuration uses: images/s, and per-call p50
-    latency at batch 1.
-(b) The service, through gunicorn, per configuration WORKERS:THREADS ("auto" = the
-    default policy of app/serving/gunicorn_support.py): concurrency 1 (p50 latency) and
-    concurrency 8 (images/s, closed loop), with /health/live probed 20 times a second during
-    the concurrency-8 load (p99). The load generator runs on the same machine.
-Ratios, per run, then median (min-max) over ``--runs``: c=1 p50 / raw batch-1 p50 of the
-same thread count (goal <= 1.05), c=8 images/s / raw best batch (goal >= 0.9).
-Work everywhere: 64x64, ``--steps`` steps, the demo model, CPU. Nothing is asserted.
+Per configuration WORKERS:THREADS ("auto" = the default policy of
+app/serving/gunicorn_support.py), one gunicorn server and one raw-loop process stay up, and
+each run measures, one after the other while the other side idles:
+(a) the raw pipeline in a plain loop (the service's own loader): batch sizes 1, 2, 4 and 8
+    with one torch thread per core (the machine's limit), and batch 1 with the configured
+    thread count if that differs: images/s and per-call p50 latency;
+(b) the service: concurrency 1 (p50 latency) and concurrency 8 (images/s, closed loop),
+    with /health/live probed 20 times a second from its own process during the
+    concurrency-8 load (p99). The load generator runs on the same machine.
+Alternating the two sides within a run keeps the machine's drift (which on this box is
+larger than the gaps measured) out of the ratios. Ratios, per run, then median (min-max):
+c=1 p50 / raw batch-1 p50 at the configured threads (goal <= 1.05); c=8 images/s / raw best
+batch with all cores (goal >= 0.9). 64x64, ``--steps`` steps, demo model, CPU; nothing is
+asserted.
 """
 
 from __future__ import annotations
@@ -23,8 +27,10 @@ import os
 import statistics
 import sys
 import time
+from multiprocessing.connection import Connection
 from multiprocessing.synchronize import Event
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -37,6 +43,8 @@ from bench.loadgen import print_table, run_load  # noqa: E402
 from tests.support.server import DEMO_MODEL_DIR, gunicorn_server  # noqa: E402
 
 BATCHES = (1, 2, 4, 8)
+CORES = os.cpu_count() or 1
+Sweep = dict[int, tuple[float, float]]  # batch -> (images/s, p50 seconds per call)
 
 
 def spread(values: list[float], digits: int = 2) -> str:
@@ -46,18 +54,19 @@ def spread(values: list[float], digits: int = 2) -> str:
             f"({min(values):.{digits}f}-{max(values):.{digits}f})")
 
 
-def raw_loop(steps: int, seconds: float, threads: int) -> dict[int, tuple[float, float]]:
-    """Per batch size: (images/s, p50 seconds per call)."""
+def raw_loop_process(conn: Connection, steps: int) -> None:
+    """Hold the model; answer (threads, batch, seconds) with (images/s, p50 s per call)."""
     import torch
 
     from app.serving.demo_model import ensure_demo_model
     from app.serving.model import load_model
 
     ensure_demo_model(DEMO_MODEL_DIR)
-    model = load_model(Settings(demo_model_dir=DEMO_MODEL_DIR, device="cpu",
-                                torch_threads=threads))
-    found = {}
-    for batch in BATCHES:
+    model = load_model(Settings(demo_model_dir=DEMO_MODEL_DIR, device="cpu"))
+    conn.send("ready")
+    while (ask := conn.recv()) is not None:
+        threads, batch, seconds = ask
+        torch.set_num_threads(threads)
         calls: list[float] = []
         started = time.monotonic()
         while time.monotonic() - started < seconds:
@@ -68,16 +77,34 @@ def raw_loop(steps: int, seconds: float, threads: int) -> dict[int, tuple[float,
                                generator=[torch.Generator("cpu").manual_seed(s)
                                           for s in range(batch)])
             calls.append(time.perf_counter() - call)
-        found[batch] = (batch * len(calls) / sum(calls), statistics.median(calls))
-    return found
+        conn.send((batch * len(calls) / sum(calls), statistics.median(calls)))
+
+
+class RawLoop:
+    """The raw loop in its own (spawned, so torch-free parent) process, idle between asks."""
+
+    def __init__(self, steps: int) -> None:
+        context = multiprocessing.get_context("spawn")
+        self._conn, child = context.Pipe()
+        self._process = context.Process(target=raw_loop_process, args=(child, steps))
+        self._process.start()
+        if not self._conn.poll(120) or self._conn.recv() != "ready":
+            raise RuntimeError("the raw loop did not start")
+
+    def measure(self, threads: int, batch: int, seconds: float) -> tuple[float, float]:
+        self._conn.send((threads, batch, seconds))
+        result: tuple[float, float] = self._conn.recv()
+        return result
+
+    def close(self) -> None:
+        self._conn.send(None)
+        self._process.join(timeout=30)
 
 
 def probe_health(url: str, seconds: float, ready: Event, go: Event,
                  found: multiprocessing.Queue[list[float]]) -> None:
-    """GET ``url`` 20 times a second for ``seconds`` once ``go`` is set, in its own process.
-
-    Its own process, so the load generator's event loop and GIL are not in the figure.
-    """
+    """GET ``url`` 20 times a second for ``seconds`` once ``go`` is set, in its own process,
+    so the load generator's event loop and GIL are not in the figure."""
     latencies = []
     ready.set()
     go.wait()
@@ -93,7 +120,8 @@ def probe_health(url: str, seconds: float, ready: Event, go: Event,
 
 def loaded(url: str, health: str, body: dict[str, object], seconds: float) -> tuple[
         float, float]:
-    context = multiprocessing.get_context("spawn")  # no fork of a process holding torch
+    """(c=8 images/s, health p99 s) under closed-loop concurrency 8."""
+    context = multiprocessing.get_context("spawn")
     found: multiprocessing.Queue[list[float]] = context.Queue()
     ready, go = context.Event(), context.Event()
     prober = context.Process(target=probe_health, args=(health, seconds, ready, go, found))
@@ -106,19 +134,30 @@ def loaded(url: str, health: str, body: dict[str, object], seconds: float) -> tu
     return result.images_per_s, latencies[int(0.99 * (len(latencies) - 1))]
 
 
-def served(workers: int, threads: int | None, steps: int, seconds: float,
-           extra_env: dict[str, str]) -> tuple[float, float, float]:
-    """(c=1 p50 s, c=8 images/s, health p99 s) for one configuration."""
+def measure_config(workers: int, threads: int | None, args: argparse.Namespace,
+                   extra_env: dict[str, str]) -> list[dict[str, Any]]:
+    """Every run of one configuration: raw sweep, raw bs1 at its threads, served figures."""
+    used = threads_of(workers, threads)
     env = {"SLEEPWELL_MAX_QUEUE": "64", "SLEEPWELL_LOG_LEVEL": "warning", **extra_env}
     if threads is not None:
         env["SLEEPWELL_TORCH_THREADS"] = str(threads)
-    body = {"prompt": "bench", "size": "64x64", "num_inference_steps": steps}
-    with gunicorn_server(env, workers=workers) as server:
-        url = server.url + "/v1/images/generations"
-        asyncio.run(run_load(url, body, 8, 32, 60))  # warm every worker
-        single = asyncio.run(run_load(url, body, 1, 100_000, seconds))
-        rate, health_p99 = loaded(url, server.url + "/health/live", body, seconds)
-    return single.p50, rate, health_p99
+    body = {"prompt": "bench", "size": "64x64", "num_inference_steps": args.steps}
+    runs = []
+    raw = RawLoop(args.steps)
+    try:
+        with gunicorn_server(env, workers=workers) as server:
+            url = server.url + "/v1/images/generations"
+            asyncio.run(run_load(url, body, 8, 32, 60))  # warm every worker
+            for _ in range(args.runs):
+                sweep = {b: raw.measure(CORES, b, args.seconds) for b in BATCHES}
+                alone = sweep[1] if used == CORES else raw.measure(used, 1, args.seconds)
+                single = asyncio.run(run_load(url, body, 1, 100_000, args.seconds))
+                rate, health_p99 = loaded(url, server.url + "/health/live", body, args.seconds)
+                runs.append({"sweep": sweep, "alone_p50": alone[1], "c1_p50": single.p50,
+                             "c8": rate, "health_p99": health_p99})
+    finally:
+        raw.close()
+    return runs
 
 
 def parse_config(text: str) -> tuple[int, int | None]:
@@ -133,49 +172,44 @@ def threads_of(workers: int, threads: int | None) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--steps", type=int, default=4)
-    parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--configs", nargs="+", default=["1:auto", "1:1", "2:auto"])
     parser.add_argument("--env", nargs="*", default=[], help="KEY=VALUE for the service")
     args = parser.parse_args()
-    configs = [parse_config(text) for text in args.configs]
     extra_env = dict(item.split("=", 1) for item in args.env)
-    raw: dict[int, list[dict[int, tuple[float, float]]]] = {}
-    results: dict[tuple[int, int | None], list[tuple[float, float, float]]] = {}
-    for _ in range(args.runs):
-        for threads in sorted({threads_of(w, t) for w, t in configs}):
-            raw.setdefault(threads, []).append(raw_loop(args.steps, args.seconds, threads))
-        for workers, threads in configs:
-            results.setdefault((workers, threads), []).append(
-                served(workers, threads, args.steps, args.seconds, extra_env))
-    print_report(args, raw, results)
+    results = {config: measure_config(*parse_config(config), args, extra_env)
+               for config in args.configs}
+    print_report(args, results)
 
 
-def print_report(args: argparse.Namespace, raw: dict[int, list[dict[int, tuple[float, float]]]],
-                 results: dict[tuple[int, int | None], list[tuple[float, float, float]]]) -> None:
-    print(f"\n64x64, {args.steps} steps, demo model, CPU ({os.cpu_count()} cores), "
-          f"{args.seconds:.0f} s per measurement, {args.runs} run(s): median (min-max)")
-    rows: list[list[object]] = []
-    for threads, runs in sorted(raw.items()):
-        for batch in BATCHES:
-            rows.append([f"raw loop, {threads} thread(s)", batch,
-                         spread([run[batch][0] for run in runs]),
-                         spread([run[batch][1] * 1000 for run in runs], 0)])
-    print_table(["(a)", "batch", "images/s", "p50 ms per call"], rows)
+def print_report(args: argparse.Namespace, results: dict[str, list[dict[str, Any]]]) -> None:
+    print(f"\n64x64, {args.steps} steps, demo model, CPU ({CORES} cores), "
+          f"{args.seconds:.0f} s per measurement, {args.runs} run(s) per configuration: "
+          "median (min-max)")
+    sweeps = [run["sweep"] for runs in results.values() for run in runs]
+    rows: list[list[object]] = [
+        [batch, spread([s[batch][0] for s in sweeps]),
+         spread([s[batch][1] * 1000 for s in sweeps], 0)]
+        for batch in BATCHES
+    ]
+    print_table([f"(a) raw loop, {CORES} threads: batch", "images/s", "p50 ms per call"], rows)
     rows = []
-    for (workers, threads), runs in results.items():
+    for config, runs in results.items():
+        workers, threads = parse_config(config)
         used = threads_of(workers, threads)
-        raw_runs = raw[used]
-        p50_ratio = [r[0] / raw_runs[i][1][1] for i, r in enumerate(runs)]
-        best = [max(rate for rate, _ in raw_runs[i].values()) for i in range(len(runs))]
-        rate_ratio = [r[1] / best[i] for i, r in enumerate(runs)]
-        rows.append([f"{workers} worker(s) x {used} thread(s)"
-                     + (" (default)" if threads is None else ""),
-                     spread([r[0] * 1000 for r in runs], 0), spread(p50_ratio),
-                     spread([r[1] for r in runs]), spread(rate_ratio),
-                     spread([r[2] * 1000 for r in runs], 1)])
-    print_table(["(b) served", "c=1 p50 ms", "/ raw bs1 p50", "c=8 images/s",
-                 "/ raw best", "health p99 ms (c=8)"], rows)
+        best = [max(rate for rate, _ in run["sweep"].values()) for run in runs]
+        rows.append([
+            f"{workers} worker(s) x {used} thread(s)" + (" (default)" if threads is None else ""),
+            spread([run["alone_p50"] * 1000 for run in runs], 0),
+            spread([run["c1_p50"] * 1000 for run in runs], 0),
+            spread([run["c1_p50"] / run["alone_p50"] for run in runs]),
+            spread([run["c8"] for run in runs]),
+            spread([run["c8"] / b for run, b in zip(runs, best, strict=True)]),
+            spread([run["health_p99"] * 1000 for run in runs], 1),
+        ])
+    print_table(["(b) served", "raw bs1 p50 ms", "c=1 p50 ms", "ratio (<= 1.05)",
+                 "c=8 images/s", "/ raw best (>= 0.9)", "health p99 ms (c=8)"], rows)
 
 
 if __name__ == "__main__":
