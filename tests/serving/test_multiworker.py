@@ -19,6 +19,7 @@ import pytest
 from tests.support.recovery import sigterm_worker_under_load
 from tests.support.scrape import value
 from tests.support.server import RunningServer, gunicorn_server
+from tests.support.waiting import wait_until
 
 GENERATE = "/v1/images/generations"
 BODY = {"prompt": "two workers", "size": "64x64"}
@@ -47,15 +48,6 @@ def scrapes(server: RunningServer, times: int) -> list[str]:
 
 def slots_by_pid(log: str) -> dict[int, int]:
     return {int(pid): int(slot) for pid, slot in re.findall(r"worker (\d+) has slot (\d+)", log)}
-
-
-def wait_for(predicate, timeout: float, period: float = 0.2) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(period)
-    return False
 
 
 def test_metrics_two_workers_every_scrape_shows_exact_totals(pair) -> None:
@@ -114,9 +106,10 @@ def test_worker_kill9_respawns_in_same_slot_and_counts_survive(pair) -> None:
     victim = old_pids[0]
     os.kill(victim, signal.SIGKILL)
     started = time.monotonic()
-    assert wait_for(lambda: len(set(pair.worker_pids()) - set(old_pids)) == 1, 30)
+    wait_until(lambda: len(set(pair.worker_pids()) - set(old_pids)) == 1, 30,
+               what="a replacement worker")
     newcomer = (set(pair.worker_pids()) - set(old_pids)).pop()
-    assert wait_for(lambda: newcomer in pair.ready_worker_pids(), 60)
+    wait_until(lambda: newcomer in pair.ready_worker_pids(), 60, what="the replacement ready")
     print(f"worker respawned and ready in {time.monotonic() - started:.2f}s")
     assert slots_by_pid(pair.log())[newcomer] == slots[victim]
     for text in scrapes(pair, 6):
@@ -133,7 +126,7 @@ def test_shutdown_sigterm_finishes_inflight_and_queued_work(demo_model_dir) -> N
         with ThreadPoolExecutor(6) as pool:
             futures = [pool.submit(httpx.post, server.url + GENERATE, json=slow, timeout=60)
                        for _ in range(6)]
-            assert wait_for(lambda: outstanding(server) == 6, 30)  # all running or queued
+            wait_until(lambda: outstanding(server) == 6, 30)  # all running or queued
             server.process.send_signal(signal.SIGTERM)
             statuses = [future.result().status_code for future in futures]
         exit_code = server.process.wait(30)
