@@ -63,6 +63,7 @@ class Runner:
         self._idle.set()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        self.holding = False  # a call with room is waiting for batch-mates right now
 
     @property
     def failure_streak(self) -> int:
@@ -182,13 +183,17 @@ class Runner:
     async def _gather_company(self, key: tuple[Any, ...]) -> None:
         """Hold the call until it is full or ``batch_wait_s`` has passed, whichever is first."""
         deadline = time.monotonic() + self.batch_wait_s
-        while self.queue and self._compatible(key) < self.max_batch:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            self._wakeup.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), remaining)
+        self.holding = True
+        try:
+            while self.queue and self._compatible(key) < self.max_batch:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._wakeup.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wakeup.wait(), remaining)
+        finally:
+            self.holding = False
         self._drop_abandoned()
 
     def _worth_waiting(self, key: tuple[Any, ...]) -> bool:

@@ -1,6 +1,6 @@
 """Every ``Depends(...)`` provider in app/ is a coroutine: FastAPI runs a plain ``def``
 dependency in its thread pool, a thread hop per request that waits for the GIL beside the
-inference thread (it was most of the health probe's p99 under load, issue 12)."""
+inference thread, health probes included (issue 12)."""
 
 from __future__ import annotations
 

@@ -346,7 +346,7 @@ async def test_runner_arrival_while_another_is_answered_waits_and_shares_a_call(
     await first.future  # answered; its caller is still encoding: its client may come back
     second = job(engine, seed=2)
     runner.submit(second)
-    await asyncio.sleep(0)  # the scheduler sees ``second`` alone and starts the wait
+    await async_wait_until(lambda: runner.holding, within_s=5, what="the batch wait begun")
     third = job(engine, seed=3)
     runner.submit(third)
     await asyncio.gather(second.future, third.future)
@@ -362,7 +362,7 @@ async def test_runner_batch_wait_ends_as_soon_as_the_call_is_full(engine) -> Non
     await first.future  # being answered: the next arrival waits for company
     second = job(engine, seed=2)
     runner.submit(second)
-    await asyncio.sleep(0)  # the scheduler holds ``second`` for company
+    await async_wait_until(lambda: runner.holding, within_s=5, what="the batch wait begun")
     third = job(engine, seed=3)
     runner.submit(third)  # fills the call of 2: it starts now, not in 30 s
     await async_wait_until(lambda: second.started_at is not None, within_s=5,
