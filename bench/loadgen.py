@@ -66,7 +66,7 @@ async def run_load(
 
 
 def print_table(headers: list[str], rows: list[list[object]]) -> None:
-    cells = [[str(cell) for cell in row] for row in [headers, *rows]]
+    cells = [list(headers)] + [[str(cell) for cell in row] for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     for index, row in enumerate(cells):
         print(" | ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))

@@ -10,7 +10,14 @@ each run measures, one after the other while the other side idles:
     thread count if that differs: images/s and per-call p50 latency;
 (b) the service: concurrency 1 (p50 latency) and concurrency 8 (images/s, closed loop),
     with /health/live probed 20 times a second from its own process during the
-    concurrency-8 load (p99). The load generator runs on the same machine.
+    concurrency-8 load (p99; a keep-alive http.client connection unless --prober httpx),
+    then concurrency 8 again without the prober (its 20 probes a second are 5x the
+    generation requests here and take CPU from the model; a kubelet probes every 1-10 s).
+    The load generator (httpx, the OpenAI SDK's client) runs on the same machine.
+(c) where the CPU went in each concurrency-8 window (bench/cpu_account.py): the shares of
+    the machine taken by the worker's model threads (inference, OpenMP, encoding), its
+    event loop, the load generator and the prober, and the model threads' CPU per image
+    against the raw loop's at its best batch.
 Alternating the two sides within a run keeps the machine's drift (which on this box is
 larger than the gaps measured) out of the ratios. Ratios, per run, then median (min-max):
 c=1 p50 / raw batch-1 p50 at the configured threads (goal <= 1.05); c=8 images/s / raw best
@@ -22,15 +29,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import http.client
 import multiprocessing
 import os
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from multiprocessing.synchronize import Event
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -39,12 +49,13 @@ sys.path.insert(0, str(ROOT))
 
 from app.serving.gunicorn_support import cpu_threads_per_worker  # noqa: E402
 from app.settings import Settings  # noqa: E402
+from bench.cpu_account import CpuShares, WorkerSnapshot, self_cpu_s  # noqa: E402
 from bench.loadgen import print_table, run_load  # noqa: E402
 from tests.support.server import DEMO_MODEL_DIR, gunicorn_server  # noqa: E402
 
 BATCHES = (1, 2, 4, 8)
 CORES = os.cpu_count() or 1
-Sweep = dict[int, tuple[float, float]]  # batch -> (images/s, p50 seconds per call)
+Sweep = dict[int, tuple[float, float, float]]  # batch -> (images/s, p50 s/call, CPU s/image)
 
 
 def spread(values: list[float], digits: int = 2) -> str:
@@ -55,7 +66,8 @@ def spread(values: list[float], digits: int = 2) -> str:
 
 
 def raw_loop_process(conn: Connection, steps: int) -> None:
-    """Hold the model; answer (threads, batch, seconds) with (images/s, p50 s per call)."""
+    """Hold the model; answer (threads, batch, seconds) with (images/s, p50 s per call,
+    CPU s per image of the whole process)."""
     import torch
 
     from app.serving.demo_model import ensure_demo_model
@@ -68,6 +80,7 @@ def raw_loop_process(conn: Connection, steps: int) -> None:
         threads, batch, seconds = ask
         torch.set_num_threads(threads)
         calls: list[float] = []
+        cpu = time.process_time()
         started = time.monotonic()
         while time.monotonic() - started < seconds:
             call = time.perf_counter()
@@ -77,7 +90,8 @@ def raw_loop_process(conn: Connection, steps: int) -> None:
                                generator=[torch.Generator("cpu").manual_seed(s)
                                           for s in range(batch)])
             calls.append(time.perf_counter() - call)
-        conn.send((batch * len(calls) / sum(calls), statistics.median(calls)))
+        cpu_per_image = (time.process_time() - cpu) / (batch * len(calls))
+        conn.send((batch * len(calls) / sum(calls), statistics.median(calls), cpu_per_image))
 
 
 class RawLoop:
@@ -91,9 +105,9 @@ class RawLoop:
         if not self._conn.poll(120) or self._conn.recv() != "ready":
             raise RuntimeError("the raw loop did not start")
 
-    def measure(self, threads: int, batch: int, seconds: float) -> tuple[float, float]:
+    def measure(self, threads: int, batch: int, seconds: float) -> tuple[float, float, float]:
         self._conn.send((threads, batch, seconds))
-        result: tuple[float, float] = self._conn.recv()
+        result: tuple[float, float, float] = self._conn.recv()
         return result
 
     def close(self) -> None:
@@ -101,37 +115,61 @@ class RawLoop:
         self._process.join(timeout=30)
 
 
-def probe_health(url: str, seconds: float, ready: Event, go: Event,
-                 found: multiprocessing.Queue[list[float]]) -> None:
+def health_getter(url: str, client: str) -> Callable[[], object]:
+    """One keep-alive GET of ``url`` per call. "stdlib" (http.client) costs about a third
+    of httpx's client CPU per probe, closer to a kubelet's or blackbox exporter's (Go)
+    probe; with httpx the client's own time is a large part of the figure on a busy box."""
+    if client == "httpx":
+        session = httpx.Client(timeout=10)
+        return lambda: session.get(url)
+    parts = urlsplit(url)
+    connection = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=10)
+
+    def get() -> bytes:
+        connection.request("GET", parts.path)
+        return connection.getresponse().read()
+    return get
+
+
+def probe_health(url: str, client: str, seconds: float, ready: Event, go: Event,
+                 found: multiprocessing.Queue[tuple[list[float], float]]) -> None:
     """GET ``url`` 20 times a second for ``seconds`` once ``go`` is set, in its own process,
-    so the load generator's event loop and GIL are not in the figure."""
+    so the load generator's event loop and GIL are not in the figure. Hands back the
+    latencies and the CPU seconds the probing took."""
     latencies = []
+    get = health_getter(url, client)
+    get()  # connect before the window
     ready.set()
     go.wait()
+    cpu = time.process_time()
     deadline = time.monotonic() + seconds
-    with httpx.Client(timeout=10) as client:
-        while time.monotonic() < deadline:
-            sent = time.perf_counter()
-            client.get(url)
-            latencies.append(time.perf_counter() - sent)
-            time.sleep(0.05)
-    found.put(latencies)
+    while time.monotonic() < deadline:
+        sent = time.perf_counter()
+        get()
+        latencies.append(time.perf_counter() - sent)
+        time.sleep(0.05)
+    found.put((latencies, time.process_time() - cpu))
 
 
-def loaded(url: str, health: str, body: dict[str, object], seconds: float) -> tuple[
-        float, float]:
-    """(c=8 images/s, health p99 s) under closed-loop concurrency 8."""
+def loaded(url: str, health: str, body: dict[str, object], seconds: float,
+           worker_pids: list[int], prober: str = "stdlib") -> tuple[float, float, CpuShares]:
+    """(c=8 images/s, health p99 s, CPU shares) under closed-loop concurrency 8."""
     context = multiprocessing.get_context("spawn")
-    found: multiprocessing.Queue[list[float]] = context.Queue()
+    found: multiprocessing.Queue[tuple[list[float], float]] = context.Queue()
     ready, go = context.Event(), context.Event()
-    prober = context.Process(target=probe_health, args=(health, seconds, ready, go, found))
-    prober.start()
+    probing = context.Process(target=probe_health,
+                              args=(health, prober, seconds, ready, go, found))
+    probing.start()
     ready.wait(timeout=60)
+    before, own_cpu = WorkerSnapshot.take(worker_pids), self_cpu_s()
     go.set()
     result = asyncio.run(run_load(url, body, 8, 100_000, seconds))
-    latencies = sorted(found.get(timeout=seconds + 30))
-    prober.join(timeout=30)
-    return result.images_per_s, latencies[int(0.99 * (len(latencies) - 1))]
+    used, load_generator_s = WorkerSnapshot.take(worker_pids) - before, self_cpu_s() - own_cpu
+    latencies, prober_s = found.get(timeout=seconds + 30)
+    probing.join(timeout=30)
+    latencies.sort()
+    shares = CpuShares.of(used, load_generator_s, prober_s, result.images, result.seconds)
+    return result.images_per_s, latencies[int(0.99 * (len(latencies) - 1))], shares
 
 
 def measure_config(workers: int, threads: int | None, args: argparse.Namespace,
@@ -152,9 +190,12 @@ def measure_config(workers: int, threads: int | None, args: argparse.Namespace,
                 sweep = {b: raw.measure(CORES, b, args.seconds) for b in BATCHES}
                 alone = sweep[1] if used == CORES else raw.measure(used, 1, args.seconds)
                 single = asyncio.run(run_load(url, body, 1, 100_000, args.seconds))
-                rate, health_p99 = loaded(url, server.url + "/health/live", body, args.seconds)
+                rate, health_p99, shares = loaded(url, server.url + "/health/live", body,
+                                                  args.seconds, server.worker_pids(), args.prober)
+                unprobed = asyncio.run(run_load(url, body, 8, 100_000, args.seconds))
                 runs.append({"sweep": sweep, "alone_p50": alone[1], "c1_p50": single.p50,
-                             "c8": rate, "health_p99": health_p99})
+                             "c8": rate, "health_p99": health_p99, "cpu": shares,
+                             "c8_unprobed": unprobed.images_per_s})
     finally:
         raw.close()
     return runs
@@ -176,6 +217,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--configs", nargs="+", default=["1:auto", "1:1", "2:auto"])
     parser.add_argument("--env", nargs="*", default=[], help="KEY=VALUE for the service")
+    parser.add_argument("--prober", choices=("stdlib", "httpx"), default="stdlib",
+                        help="the health prober's HTTP client (see health_getter)")
     args = parser.parse_args()
     extra_env = dict(item.split("=", 1) for item in args.env)
     results = {config: measure_config(*parse_config(config), args, extra_env)
@@ -198,7 +241,7 @@ def print_report(args: argparse.Namespace, results: dict[str, list[dict[str, Any
     for config, runs in results.items():
         workers, threads = parse_config(config)
         used = threads_of(workers, threads)
-        best = [max(rate for rate, _ in run["sweep"].values()) for run in runs]
+        best = [max(rate for rate, *_ in run["sweep"].values()) for run in runs]
         rows.append([
             f"{workers} worker(s) x {used} thread(s)" + (" (default)" if threads is None else ""),
             spread([run["alone_p50"] * 1000 for run in runs], 0),
@@ -207,9 +250,28 @@ def print_report(args: argparse.Namespace, results: dict[str, list[dict[str, Any
             spread([run["c8"] for run in runs]),
             spread([run["c8"] / b for run, b in zip(runs, best, strict=True)]),
             spread([run["health_p99"] * 1000 for run in runs], 1),
+            spread([run["c8_unprobed"] / b for run, b in zip(runs, best, strict=True)]),
         ])
     print_table(["(b) served", "raw bs1 p50 ms", "c=1 p50 ms", "ratio (<= 1.05)",
-                 "c=8 images/s", "/ raw best (>= 0.9)", "health p99 ms (c=8)"], rows)
+                 "c=8 images/s", "/ raw best (>= 0.9)", "health p99 ms (c=8)",
+                 "c=8 unprobed / raw best"], rows)
+    print_cpu_report(results)
+
+
+def print_cpu_report(results: dict[str, list[dict[str, Any]]]) -> None:
+    rows: list[list[object]] = []
+    for config, runs in results.items():
+        shares: list[CpuShares] = [run["cpu"] for run in runs]
+        raw_cpu = [max(run["sweep"].values())[2] for run in runs]  # at the best batch
+        rows.append([
+            config,
+            *(spread([100 * getattr(s, name) for s in shares], 1) for name in
+              ("model_threads", "event_loop", "load_generator", "prober")),
+            spread([s.model_cpu_s_per_image / raw
+                    for s, raw in zip(shares, raw_cpu, strict=True)]),
+        ])
+    print_table(["(c) c=8, % of the machine", "model threads", "event loop",
+                 "load generator", "prober", "model CPU per image / raw best"], rows)
 
 
 if __name__ == "__main__":
