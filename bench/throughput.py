@@ -11,7 +11,7 @@ each run measures, one after the other while the other side idles:
 (b) the service: concurrency 1 (p50 latency) and concurrency 8 (images/s, closed loop),
     with /health/live probed 20 times a second from its own process during the
     concurrency-8 load (p99; a keep-alive http.client connection unless --prober httpx),
-    then concurrency 8 again without the prober (its 20 probes a second are 5x the
+    then concurrency 8 again without the prober (its 20 probes a second are 4-5x the
     generation requests here and take CPU from the model; a kubelet probes every 1-10 s).
     The load generator (httpx, the OpenAI SDK's client) runs on the same machine.
 (c) where the CPU went in each concurrency-8 window (bench/cpu_account.py): the shares of
@@ -56,6 +56,11 @@ from tests.support.server import DEMO_MODEL_DIR, gunicorn_server  # noqa: E402
 BATCHES = (1, 2, 4, 8)
 CORES = os.cpu_count() or 1
 Sweep = dict[int, tuple[float, float, float]]  # batch -> (images/s, p50 s/call, CPU s/image)
+
+
+def best_batch(sweep: Sweep) -> tuple[float, float, float]:
+    """The raw loop's figures at its fastest batch (most images/s)."""
+    return max(sweep.values())
 
 
 def spread(values: list[float], digits: int = 2) -> str:
@@ -241,7 +246,7 @@ def print_report(args: argparse.Namespace, results: dict[str, list[dict[str, Any
     for config, runs in results.items():
         workers, threads = parse_config(config)
         used = threads_of(workers, threads)
-        best = [max(rate for rate, *_ in run["sweep"].values()) for run in runs]
+        best = [best_batch(run["sweep"])[0] for run in runs]
         rows.append([
             f"{workers} worker(s) x {used} thread(s)" + (" (default)" if threads is None else ""),
             spread([run["alone_p50"] * 1000 for run in runs], 0),
@@ -262,7 +267,7 @@ def print_cpu_report(results: dict[str, list[dict[str, Any]]]) -> None:
     rows: list[list[object]] = []
     for config, runs in results.items():
         shares: list[CpuShares] = [run["cpu"] for run in runs]
-        raw_cpu = [max(run["sweep"].values())[2] for run in runs]  # at the best batch
+        raw_cpu = [best_batch(run["sweep"])[2] for run in runs]
         rows.append([
             config,
             *(spread([100 * getattr(s, name) for s in shares], 1) for name in
