@@ -37,7 +37,9 @@ class Settings(BaseSettings):
     # --- serving -----------------------------------------------------------------------
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
-    workers: int | None = Field(None, ge=1, description="default: visible GPUs, or 1")
+    workers: int | None = Field(
+        None, ge=1, description="default: visible GPUs; on CPU 2 (1 on one core)"
+    )
     gpu_ids: str | None = Field(
         None, description="comma-separated GPU ids, one per worker; default: all visible"
     )
@@ -72,6 +74,9 @@ class Settings(BaseSettings):
     torch_threads: int | None = Field(
         None, ge=1, description="CPU threads for torch; gunicorn: cores / workers"
     )
+    # Set by gunicorn.conf.py when torch_threads is unset and there are several workers:
+    # each takes cores / busy workers threads per step (app/serving/cpu_share.py).
+    adaptive_threads: bool = False
 
     # --- request limits ----------------------------------------------------------------
     max_queue: int = Field(16, ge=1, description="requests waiting per worker; beyond: 429")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import queue
 import threading
 import time
@@ -21,6 +22,7 @@ import torch
 
 from app.errors import Cancelled, InferenceFailed, ServiceUnavailable, SleepwellError
 from app.observability import metrics
+from app.serving.cpu_share import CpuShare
 from app.serving.encoding import to_uint8
 from app.serving.faults import FaultInjector, FaultPlan, check_load_fault, plan_for
 from app.serving.generation import Generation
@@ -110,6 +112,7 @@ class Engine:
         self.progress = Progress()
         self.faults = FaultInjector()
         self.model: LoadedModel | None = None
+        self.cpu_share = _cpu_share(settings)
 
     def load(self, settings: Settings | None = None) -> LoadedModel:
         settings = settings or self.settings
@@ -181,7 +184,6 @@ class Engine:
 
     def _call(self, generations: list[Generation]) -> list[Outcome]:
         assert self.model is not None, "run() before load()"
-        params = generations[0].params
         prompts = [generation.prompt for generation in generations for _ in generation.seeds]
         plan = plan_for(prompts, len(generations), self.settings.fault_injection)
         self.progress.start()
@@ -189,6 +191,20 @@ class Engine:
         started = time.monotonic()
         for generation in generations:
             generation.started_at = generation.started_at or started
+        if self.cpu_share is not None:
+            self.cpu_share.begin()
+        try:
+            pixels = self._denoise(generations, prompts, plan)
+        finally:
+            if self.cpu_share is not None:
+                self.cpu_share.end()
+        self.model.budget.record_success(sum(g.pixels for g in generations))
+        return _split(list(pixels), generations)
+
+    def _denoise(self, generations: list[Generation], prompts: list[str],
+                 plan: FaultPlan) -> Any:
+        assert self.model is not None, "run() before load()"
+        params = generations[0].params
         with torch.inference_mode():
             output = self.model.pipeline(
                 prompt=prompts,
@@ -204,14 +220,14 @@ class Engine:
                 output_type="pt",
                 callback_on_step_end=self._step_callback(generations, plan),
             )
-            pixels = to_uint8(output.images)
-        self.model.budget.record_success(sum(g.pixels for g in generations))
-        return _split(list(pixels), generations)
+            return to_uint8(output.images)
 
     def _step_callback(self, generations: list[Generation], plan: FaultPlan) -> Callable[..., Any]:
         def on_step_end(_pipe: Any, _step: int, _timestep: Any, kwargs: dict[str, Any]) -> Any:
             if plan.any:
                 self.faults.at_step(plan)
+            if self.cpu_share is not None:
+                self.cpu_share.adjust()
             self.progress.step()
             metrics.STEPS.inc()
             for generation in generations:
@@ -221,6 +237,20 @@ class Engine:
             return kwargs
 
         return on_step_end
+
+
+def _cpu_share(settings: Settings) -> CpuShare | None:
+    """The shared busy table when gunicorn asked for adaptive threads (several CPU workers)."""
+    if not settings.adaptive_threads or settings.state_dir is None:
+        return None
+    if settings.worker_slot is None:
+        return None
+    try:
+        return CpuShare(settings.state_dir / "cpu-share", settings.worker_slot,
+                        os.cpu_count() or 1, torch.set_num_threads)
+    except (OSError, ValueError) as exc:  # serve with the static share rather than not at all
+        logger.warning("adaptive torch threads off: %s", exc)
+        return None
 
 
 def _negative_prompts(generations: list[Generation]) -> list[str] | None:

@@ -17,6 +17,7 @@ from pathlib import Path
 from app.settings import Settings
 
 logger = logging.getLogger("sleepwell.gunicorn")
+CPU_DEFAULT_WORKERS = 2
 
 
 def visible_gpu_ids(settings: Settings) -> list[str]:
@@ -42,9 +43,18 @@ def _nvml_device_count() -> int:
 
 
 def worker_count(settings: Settings, gpu_ids: list[str]) -> int:
+    """One worker per GPU; on a CPU box two (when it has two cores or more).
+
+    Two CPU workers with adaptive threads (app/serving/cpu_share.py) answer a lone image
+    as fast as one worker with every core and serve about 1.1x the raw loop under load,
+    where one worker serves 0.87x (bench/throughput.py, README "Performance"). The price
+    is a second model copy in memory; SLEEPWELL_WORKERS=1 halves it.
+    """
     if settings.workers is not None:
         return settings.workers
-    return max(1, len(gpu_ids))
+    if gpu_ids:
+        return len(gpu_ids)
+    return min(CPU_DEFAULT_WORKERS, os.cpu_count() or 1)
 
 
 def free_slot(used: Iterable[int | None], slots: int) -> int:
@@ -63,7 +73,11 @@ def worker_environment(
     if gpu_ids:
         env["CUDA_VISIBLE_DEVICES"] = gpu_ids[slot % len(gpu_ids)]
     if settings.torch_threads is None:
+        # The static share is what a worker loads and warms up with (no oversubscription
+        # while siblings load side by side); with siblings it then adapts per step.
         env["SLEEPWELL_TORCH_THREADS"] = str(cpu_threads_per_worker(workers))
+        if workers > 1:
+            env["SLEEPWELL_ADAPTIVE_THREADS"] = "1"
     return env
 
 

@@ -57,6 +57,13 @@ def test_worker_environment_shares_cores_between_workers() -> None:
     assert halves == str(max(1, cores // 2))  # never more threads in all than cores
 
 
+def test_worker_environment_several_workers_adapt_threads() -> None:
+    assert worker_environment(0, [], Settings(), 2)["SLEEPWELL_ADAPTIVE_THREADS"] == "1"
+    assert "SLEEPWELL_ADAPTIVE_THREADS" not in worker_environment(0, [], Settings(), 1)
+    pinned = worker_environment(0, [], Settings(torch_threads=1), 2)
+    assert "SLEEPWELL_ADAPTIVE_THREADS" not in pinned  # an explicit count is kept as is
+
+
 def test_visible_gpu_ids_explicit_list_wins() -> None:
     settings = Settings(gpu_ids="1, 2", cuda_visible_devices="0")
     assert visible_gpu_ids(settings) == ["1", "2"]
@@ -66,9 +73,9 @@ def test_visible_gpu_ids_cuda_visible_devices_respected() -> None:
     assert visible_gpu_ids(Settings(cuda_visible_devices="2,3,7")) == ["2", "3", "7"]
 
 
-def test_worker_count_defaults_to_gpus_or_one() -> None:
+def test_worker_count_defaults_to_gpus_or_two_on_cpu() -> None:
     assert worker_count(Settings(), ["0", "1", "2"]) == 3
-    assert worker_count(Settings(), []) == 1
+    assert worker_count(Settings(), []) == min(2, os.cpu_count() or 1)
     assert worker_count(Settings(workers=2), ["0", "1", "2"]) == 2
 
 
