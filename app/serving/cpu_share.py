@@ -15,14 +15,11 @@ a pid that no longer exists counts as idle, so nobody waits for a respawn to cle
 
 from __future__ import annotations
 
-import logging
 import mmap
 import os
 import struct
 from collections.abc import Callable
 from pathlib import Path
-
-logger = logging.getLogger("sleepwell.cpu_share")
 
 SLOTS = 256
 _SLOT = struct.Struct("<q")
@@ -84,7 +81,3 @@ class CpuShare:
 
     def end(self) -> None:
         self._write(0)
-
-    def close(self) -> None:
-        self.end()
-        self._table.close()

@@ -241,9 +241,7 @@ class Engine:
 
 def _cpu_share(settings: Settings) -> CpuShare | None:
     """The shared busy table when gunicorn asked for adaptive threads (several CPU workers)."""
-    if not settings.adaptive_threads or settings.state_dir is None:
-        return None
-    if settings.worker_slot is None:
+    if not settings.adaptive_threads or settings.state_dir is None or settings.worker_slot is None:
         return None
     try:
         return CpuShare(settings.state_dir / "cpu-share", settings.worker_slot,

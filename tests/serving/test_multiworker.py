@@ -7,10 +7,12 @@ import os
 import re
 import shutil
 import signal
+import struct
 import subprocess
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -93,6 +95,28 @@ def test_keepalive_busy_worker_sheds_connections_so_a_sibling_can_take_them(pair
     assert 1 <= closed <= 3  # 4 runs on 2 workers: some worker had two at once
     for text in scrapes(pair, 4):
         assert value(text, "http_connections_shed_total") == before + closed
+
+
+def cpu_share_pids(pid: int) -> list[int]:
+    """The busy table a worker has mapped (its path from /proc/PID/maps): nonzero slots."""
+    maps = Path(f"/proc/{pid}/maps").read_text()
+    path = next(line.split()[-1] for line in maps.splitlines() if line.endswith("/cpu-share"))
+    data = Path(path).read_bytes()
+    return [pid for (pid,) in struct.iter_unpack("<q", data) if pid]
+
+
+def test_cpu_share_worker_in_a_call_is_busy_in_the_shared_table(pair) -> None:
+    """Two CPU workers adapt their threads: the worker running a call holds its pid in the
+    table both share, and clears it when the call ends."""
+    workers = pair.worker_pids()
+    assert cpu_share_pids(workers[0]) == []
+    with ThreadPoolExecutor(1) as pool:
+        answer = pool.submit(httpx.post, pair.url + GENERATE, timeout=60,
+                             json={**BODY, "prompt": "[[slow=0.3]] busy", "num_inference_steps": 6})
+        busy = wait_until(lambda: cpu_share_pids(workers[0]), 30, what="a busy worker")
+        assert answer.result().status_code == 200
+    assert len(busy) == 1 and busy[0] in workers
+    wait_until(lambda: cpu_share_pids(workers[1]) == [], 30, what="the table cleared")
 
 
 def scrape_value(server: RunningServer, name: str) -> float:
