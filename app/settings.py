@@ -244,8 +244,17 @@ class Settings(BaseSettings):
     job_ttl_s: float = Field(
         86400.0, gt=0, description="finished jobs (and results) are kept this long; then 404"
     )
-    job_heartbeat_s: int = Field(
-        3, ge=1, description="a running job with no heartbeat for this long is redelivered"
+    job_stuck_after_s: int = Field(
+        20, ge=2, description="a running job with no heartbeat for this long is redelivered"
+    )
+    job_heartbeat_interval_s: float = Field(
+        2.0, gt=0, description="each running job's heartbeat, this often (< stuck-after / 3)"
+    )
+    job_timeout_s: float = Field(
+        3600.0, gt=0, description="one job run's deadline (sync requests: request_timeout_s)"
+    )
+    job_event_streams_max: int = Field(
+        100, ge=1, description="open GET /v1/jobs/{id}/events streams per worker; then 429"
     )
     job_sweep_interval_s: float = Field(1.0, gt=0, description="how often to look for stuck jobs")
     job_poll_interval_s: float = Field(0.25, gt=0, description="idle worker polls for jobs")

@@ -178,7 +178,7 @@ class Consumer:
     async def _watch(self, job: ActiveJob, generation: Generation) -> None:
         """Progress to the database (throttled), heartbeats to SAQ, and cancel requests."""
         steps, last_step = generation.params.steps, -1
-        beat_every = max(0.5, self.settings.job_heartbeat_s / 3)
+        beat_every = self.settings.job_heartbeat_interval_s
         loop = asyncio.get_running_loop()
         last_beat = loop.time()
         while not generation.future.done():

@@ -64,7 +64,7 @@ class JobQueue:
             GENERATE_FUNCTION,
             key=job_id,
             timeout=0,
-            heartbeat=self.settings.job_heartbeat_s,
+            heartbeat=self.settings.job_stuck_after_s,
             retries=self.settings.job_max_attempts,
             ttl=int(self.settings.job_ttl_s),
             priority=NEW,

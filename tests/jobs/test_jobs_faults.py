@@ -32,7 +32,7 @@ def _env(url: str, workers_note: str = "") -> dict[str, str]:
         "SLEEPWELL_DATABASE_URL": url,
         "SLEEPWELL_FAULT_INJECTION": "true",
         "SLEEPWELL_API_KEYS": KEY,
-        "SLEEPWELL_JOB_HEARTBEAT_S": "2",
+        "SLEEPWELL_JOB_STUCK_AFTER_S": "2",
         "SLEEPWELL_DATABASE_TIMEOUT_S": "1",
     }
 
