@@ -13,7 +13,7 @@ from app.jobs.database import Database
 from app.jobs.embedded import EmbeddedPostgres
 from app.jobs.migrations import MIGRATIONS, migrate
 from app.jobs.schemas import JobStatus
-from app.jobs.ssrf import WebhookRefused, resolve
+from app.jobs.ssrf import WebhookRefused, parse_allowed, resolve
 from app.jobs.store import JobStore, NewJob
 from app.settings import Settings
 from tests.jobs.postgres import TestPostgres, query
@@ -61,11 +61,11 @@ async def test_store_first_final_write_wins_and_ttl_expires(postgres: TestPostgr
                                  "http://[::ffff:127.0.0.1]/", "http://0.0.0.0/"])
 async def test_ssrf_refuses_non_public_targets_after_resolution(url: str) -> None:
     with pytest.raises(WebhookRefused, match="non-public"):
-        await resolve(url, frozenset())
+        await resolve(url, parse_allowed(None))
 
 
 async def test_ssrf_allowed_hosts_open_a_named_host_and_pin_its_address() -> None:
-    target = await resolve("http://127.0.0.1:8123/hook?a=1", frozenset({"127.0.0.1"}))
+    target = await resolve("http://127.0.0.1:8123/hook?a=1", parse_allowed("127.0.0.1"))
     assert target.url == "http://127.0.0.1:8123/hook?a=1"
     assert target.host_header == "127.0.0.1:8123"
 
