@@ -61,6 +61,14 @@ class AuthenticationFailed(SleepwellError):
         return {**super().headers(), "WWW-Authenticate": "Bearer"}
 
 
+class Forbidden(SleepwellError):
+    """A valid credential used where it does not belong (the admin key on POST /v1/jobs)."""
+
+    status_code = 403
+    error_type = "permission_error"
+    code = "forbidden"
+
+
 class NotFound(SleepwellError):
     status_code = 404
     error_type = "invalid_request_error"

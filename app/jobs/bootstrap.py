@@ -10,15 +10,15 @@ import asyncio
 import logging
 import os
 
-import psycopg
-
-from app.jobs.database import UNAVAILABLE_ERRORS, connection_kwargs
+from app.jobs.database import DATABASE_DOWN, Database
 from app.jobs.embedded import EmbeddedPostgres
 from app.jobs.migrations import migrate
-from app.jobs.queue import JobQueue
+from app.jobs.queue import migrate_saq
 from app.settings import Settings
 
 logger = logging.getLogger("sleepwell.jobs")
+# SAQ's schema setup connects on a pool of its own (a connection wait) and migrates.
+_SAQ_SCHEMA_TIMEOUTS = 2
 
 
 def database_url(settings: Settings, embedded: list[EmbeddedPostgres]) -> str:
@@ -32,20 +32,31 @@ def database_url(settings: Settings, embedded: list[EmbeddedPostgres]) -> str:
 
 
 async def prepare_schema(url: str, settings: Settings) -> None:
-    """Our migrations, then SAQ's own (idempotent, under advisory locks)."""
-    kwargs = connection_kwargs(settings)
-    async with await psycopg.AsyncConnection.connect(url, **kwargs) as conn:
-        applied = await migrate(conn)
-    if applied:
-        logger.info("database migrations applied: %s", applied)
-    await JobQueue.prepare(url, settings)
+    """Our migrations, then SAQ's own (idempotent, under advisory locks), each bounded on
+    our side (``Database.bounded``): a frozen server costs a warning, never a hung master."""
+    database = Database(url, settings)
+    await database.open()
+    try:
+        applied = await database.bounded(_migrate(database))
+        if applied:
+            logger.info("database migrations applied: %s", applied)
+        await database.bounded(migrate_saq(url, settings), _SAQ_SCHEMA_TIMEOUTS
+                               * database.operation_limit_s)
+    finally:
+        await database.close()
+
+
+async def _migrate(database: Database) -> list[int]:
+    async with database.connection() as conn:
+        return await migrate(conn)
 
 
 def prepare_database(settings: Settings, embedded: list[EmbeddedPostgres]) -> None:
     """Master start: pick or start the database, migrate it, hand the URL to workers.
 
-    A database that is down now is not fatal: the sync API must still start, and each
-    worker migrates (idempotently) once it can connect.
+    A database that is down, frozen or still migrated by another process now is not fatal:
+    the sync API must still start, and each worker migrates (idempotently) and checks
+    SAQ's schema once it can connect.
     """
     if not settings.jobs_enabled:
         return
@@ -53,6 +64,6 @@ def prepare_database(settings: Settings, embedded: list[EmbeddedPostgres]) -> No
     os.environ["SLEEPWELL_DATABASE_URL"] = url  # inherited by every worker
     try:
         asyncio.run(prepare_schema(url, settings))
-    except UNAVAILABLE_ERRORS as exc:
+    except DATABASE_DOWN as exc:
         logger.warning("job database unreachable at start (%s); workers will migrate later",
-                       type(exc).__name__)
+                       exc)

@@ -4,27 +4,33 @@ Policy: synchronous requests first; jobs fill idle capacity. A job is dequeued o
 synchronous request waits in this worker's queue, the runner has a free batch slot
 (``Runner.spare_capacity``), and fewer than a batch of jobs is in hand, so no worker hoards
 jobs another worker could run. A job then runs exactly like a synchronous request: the same
-``build_generation``, runner, batching, step callback, health and metrics.
+``build_generation``, runner, batching, step callback, health and metrics, with its own
+deadline (SLEEPWELL_JOB_TIMEOUT_S). From dequeue until its outcome is recorded or handed back,
+a job has a heartbeat of its own (heartbeat.py), whatever else the run is waiting on.
+
+``run_forever`` returns only when the worker stops taking jobs; anything else it raises
+ends up in the component's supervisor, which logs, counts and restarts it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import socket
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from saq.job import Job, Status
 
 from app.api.schemas import ImageData, ImageGenerationRequest
 from app.errors import Cancelled, QueueFull, ServiceUnavailable, SleepwellError
-from app.jobs.database import DATABASE_DOWN, UNAVAILABLE_ERRORS, Database
+from app.jobs.database import DATABASE_DOWN, Database
+from app.jobs.heartbeat import Heartbeat
 from app.jobs.queue import JobQueue
 from app.jobs.schemas import JobStatus
-from app.jobs.store import JobStore
+from app.jobs.store import JobStore, RunOutcome
 from app.jobs.webhooks import Webhooks
 from app.observability import metrics
 from app.serving.admission import build_generation
@@ -38,11 +44,16 @@ RETRYABLE_CODES = {"draining", "shutting_down", "worker_stalled", "scheduler_fai
                    "model_switching", "out_of_memory",
                    "model_loading", "queue_full"}
 _FINAL_WRITE_TRIES = 60
+# A job whose runs stalled this many workers is failed, not handed to yet another one: one
+# stall may be the GPU's (a second worker tells), two in a row are the job's.
+STALLS_BEFORE_FAILING = 2
+T = TypeVar("T")
 
 
 @dataclass(eq=False)
 class ActiveJob:
     saq_job: Job
+    heartbeat: Heartbeat
     row: dict[str, Any] = field(default_factory=dict)
     generation: Generation | None = None
     cancelled: bool = False
@@ -51,6 +62,11 @@ class ActiveJob:
     @property
     def id(self) -> str:
         return self.saq_job.key
+
+    @property
+    def attempt(self) -> int:
+        """This run's number (``sleepwell_job_runs.attempt``); 0 before it started."""
+        return int(self.row.get("attempts", 0))
 
 
 def error_of(exc: SleepwellError) -> dict[str, Any]:
@@ -84,18 +100,21 @@ class Consumer:
                 await asyncio.sleep(self.settings.job_poll_interval_s / 2)
                 continue
             try:
-                job = await self.queue.dequeue_generation()
-            except UNAVAILABLE_ERRORS as exc:
-                self.database.mark_down(exc)
+                job = await self.database.bounded(self.queue.dequeue_generation())
+            except DATABASE_DOWN:  # marked down by bounded(); the loop rides it out
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, 5.0)
                 continue
             pause = self.settings.job_poll_interval_s
-            if job is not None:
+            if job is None:
+                await asyncio.sleep(self.settings.job_poll_interval_s)
+            else:
                 self._spawn(job)
 
     def _spawn(self, saq_job: Job) -> None:
-        job = ActiveJob(saq_job)
+        job = ActiveJob(saq_job, Heartbeat(self.database, self.queue, saq_job,
+                                              self.settings))
+        job.heartbeat.start()  # from the dequeue on, until the outcome is recorded
         self.active[job.id] = job  # now, so the next has_room() already counts it
         task = asyncio.create_task(self._run(job), name=f"job-{saq_job.key}")
         self._runs.add(task)
@@ -114,22 +133,24 @@ class Consumer:
         try:
             await self._run_guarded(job)
         except DATABASE_DOWN as exc:
-            # The database went away mid-job: its heartbeat stops, and the sweep gives the
-            # job to a worker once the database is back. Nothing else to do here.
+            # The database went away mid-job: its heartbeat stops (below), and the sweep
+            # gives the job to a worker once the database is back (after stuck-after).
             logger.warning("job %s left for redelivery: %s", job.id, exc)
         except Exception:
             logger.exception("job %s: unexpected error in the consumer", job.id)
         finally:
+            await job.heartbeat.stop()
             for task in job.tasks:
                 task.cancel()
-            self.active.pop(job.id, None)
+            if self.active.get(job.id) is job:  # not a twin run of the same job, here too
+                del self.active[job.id]
 
     async def _run_guarded(self, job: ActiveJob) -> None:
         job.saq_job.attempts += 1
-        await job.saq_job.update()  # persists the attempt and is the first heartbeat
-        row = await self.store.start(job.id, self.worker_id)
+        await self.database.bounded(job.saq_job.update())  # the attempt; the first beat
+        row = await self.database.bounded(self.store.start(job.id, self.worker_id))
         if row is None:  # cancelled while queued, or a twin delivery already finished it
-            await self.queue.generations.finish(job.saq_job, Status.COMPLETE)
+            await self._persist(lambda: self.queue.generations.finish(job.saq_job, Status.COMPLETE))
             return
         job.row = row
         if row["attempts"] > 1:
@@ -137,7 +158,7 @@ class Consumer:
         if row["cancel_requested"]:
             await self._record(job, JobStatus.CANCELLED, error=error_of(_cancelled()))
             return
-        await self.webhooks.notify(row, "started")
+        await self._notify_quietly(row, "started")
         try:
             data = await self._generate(job, row)
         except SleepwellError as exc:
@@ -152,7 +173,8 @@ class Consumer:
         model = self.service.engine.model
         if model is None:
             raise ServiceUnavailable("The model is not loaded.", code="model_loading")
-        generation = build_generation(body, self.settings, model, f"job-{job.id}")
+        generation = build_generation(body, self.settings, model, f"job-{job.id}",
+                                      timeout_s=self.settings.job_timeout_s)
         job.generation = generation
         await self._submit(generation)
         job.tasks.append(asyncio.create_task(self._watch(job, generation)))
@@ -176,52 +198,103 @@ class Consumer:
                 await asyncio.sleep(self.settings.job_poll_interval_s)
 
     async def _watch(self, job: ActiveJob, generation: Generation) -> None:
-        """Progress to the database (throttled), heartbeats to SAQ, and cancel requests."""
+        """Progress to the database (throttled), progress webhooks, and cancel requests.
+        Heartbeats are not here: they never wait on any of this."""
         steps, last_step = generation.params.steps, -1
-        beat_every = self.settings.job_heartbeat_interval_s
-        loop = asyncio.get_running_loop()
-        last_beat = loop.time()
         while not generation.future.done():
-            await asyncio.sleep(min(self.settings.job_progress_interval_s, beat_every))
+            await asyncio.sleep(self.settings.job_progress_interval_s)
             step = min(generation.steps_done, steps)
-            with contextlib.suppress(*DATABASE_DOWN):
+            try:
                 if await self.store.progress(job.id, step):
                     job.cancelled = True
                     self.service.runner.cancel(generation, _cancelled())
                     return
-                if step != last_step:
-                    last_step = step
-                    await self.webhooks.notify_progress(job.row, step)
-                if loop.time() - last_beat >= beat_every:
-                    await job.saq_job.update()
-                    last_beat = loop.time()
+            except DATABASE_DOWN:
+                continue  # the next interval writes it
+            if step != last_step:
+                last_step = step
+                await self._notify_quietly(job.row, "progress", step)
+
+    async def _notify_quietly(self, row: dict[str, Any], event: str, step: int = 0) -> None:
+        """A started/progress webhook that cannot be enqueued is lost, never the run."""
+        try:
+            if event == "progress":
+                await self.webhooks.notify_progress(row, step)
+            else:
+                await self.webhooks.notify(row, event)
+        except Exception as exc:
+            logger.warning("job %s: %s webhook not enqueued: %s: %s", row["id"], event,
+                           type(exc).__name__, exc)
 
     async def _after_error(self, job: ActiveJob, exc: SleepwellError) -> None:
         if isinstance(exc, Cancelled) and job.cancelled:
             await self._record(job, JobStatus.CANCELLED, error=error_of(exc))
+        elif exc.code == "worker_stalled" and await self._stalled_too_often(job):
+            await self._record(job, JobStatus.FAILED, error=error_of(_stalled(exc)))
         elif exc.code in RETRYABLE_CODES and job.saq_job.retryable:
             logger.info("job %s handed back (%s): another worker will run it", job.id, exc.code)
-            await self.store.requeue(job.id)
-            await self.queue.hand_back(job.saq_job, exc.code or "retry")
+            outcome = RunOutcome.STALLED if exc.code == "worker_stalled" else RunOutcome.HANDED_BACK
+            await self._end_run(job, outcome)
+            await self.database.bounded(self.store.requeue(job.id))
+            await self.database.bounded(self.queue.hand_back(job.saq_job, exc.code or "retry"))
         else:
             await self._record(job, JobStatus.FAILED, error=error_of(exc))
 
+    async def _stalled_too_often(self, job: ActiveJob) -> bool:
+        return await self.store.stalled_runs(job.id) + 1 >= STALLS_BEFORE_FAILING
+
     async def _record(self, job: ActiveJob, status: JobStatus, *, result: Any = None,
                       error: dict[str, Any] | None = None) -> None:
-        """The final write, retried while the database is away (heartbeats continue)."""
+        """The final write with this run's outcome, the "completed" webhook, then SAQ's
+        row. Both writes are retried while the database is away (the heartbeat goes on); the
+        final write is idempotent per run, so a retry after a lost answer counts nothing
+        twice."""
+        won = await self._persist(lambda: self.store.finish(
+            job.id, status, result=result, error=error, attempt=job.attempt))
+        if won is not None:
+            metrics.JOBS.labels(status=status.value).inc()
+            await self._notify_completed(won)
+        else:
+            metrics.JOB_DUPLICATE_RUNS.inc()
+            logger.warning("job %s: run %d on %s ended (%s) after another run had already made "
+                           "the job final; its result is discarded", job.id, job.attempt,
+                           self.worker_id, status.value)
+        await self._persist(lambda: self.queue.generations.finish(job.saq_job, Status.COMPLETE))
+
+    async def _persist(self, write: Callable[[], Awaitable[T]]) -> T:
+        """One idempotent write, each try bounded, retried for about a minute while the
+        database is away; DATABASE_DOWN after the last try."""
         for attempt in range(_FINAL_WRITE_TRIES):
             try:
-                won = await self.store.finish(job.id, status, result=result, error=error)
-                break
+                return await self.database.bounded(write())
             except DATABASE_DOWN:
                 if attempt == _FINAL_WRITE_TRIES - 1:
                     raise
                 await asyncio.sleep(1.0)
-        if won is not None:
-            metrics.JOBS.labels(status=status.value).inc()
-            await self.webhooks.notify(won, "completed")
-        await self.queue.generations.finish(job.saq_job, Status.COMPLETE)
+        raise AssertionError("unreachable")
+
+    async def _notify_completed(self, row: dict[str, Any]) -> None:
+        """If this fails, maintenance.renotify enqueues it later from the final row."""
+        try:
+            await self.webhooks.notify(row, "completed")
+            await self.store.mark_notified(row["id"])
+        except Exception as exc:
+            logger.warning("job %s: completed webhook not enqueued now (%s: %s); maintenance "
+                           "will", row["id"], type(exc).__name__, exc)
+
+    async def _end_run(self, job: ActiveJob, outcome: str) -> None:
+        """Best effort: a run row left without an outcome reads as "never reported back"."""
+        try:
+            await self.store.end_run(job.id, job.attempt, outcome)
+        except Exception as exc:
+            logger.warning("job %s: outcome of run %d not recorded: %s", job.id, job.attempt, exc)
 
 
 def _cancelled() -> Cancelled:
     return Cancelled("The job was cancelled.", code="job_cancelled")
+
+
+def _stalled(exc: SleepwellError) -> SleepwellError:
+    return type(exc)(
+        f"The job stopped making progress on {STALLS_BEFORE_FAILING} workers in a row; it is "
+        f"not run again. Last: {exc.message}", code="job_stalled")

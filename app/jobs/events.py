@@ -2,37 +2,48 @@
 
 Events: ``job`` (the job, without its result, whenever status or attempts change; the
 last one, at a final status, carries the result) and ``progress`` (``{step, steps}``). The
-stream then ends. Read from the database, so it works on any worker of any replica,
-whichever one runs the job; the database is read once per SLEEPWELL_JOB_PROGRESS_INTERVAL_S.
+stream then ends. It also ends, with one ``error`` event (the API's error shape, code
+``job_not_found`` or ``job_expired``), when the job is deleted or expires meanwhile. Read
+from the database, so it works on any worker of any replica, whichever one runs the job:
+this worker's shared poller (app/jobs/streams.py) reads all its streams' jobs in one query
+per SLEEPWELL_JOB_PROGRESS_INTERVAL_S.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-from app.jobs.database import DATABASE_DOWN
+from app.errors import NotFound
 from app.jobs.schemas import FINAL_STATUSES, JobStatus, JobView
-from app.jobs.store import JobStore
+from app.jobs.streams import Row, Watch
 
 
 def _event(name: str, data: dict[str, Any]) -> dict[str, str]:
     return {"event": name, "data": json.dumps(data)}
 
 
-async def job_events(
-    store: JobStore, job_id: str, interval_s: float
-) -> AsyncIterator[dict[str, str]]:
+def _gone(job_id: str, row: Row | None) -> NotFound | None:
+    """Why the stream must end without a final status, or None while the job lives."""
+    if row is None:
+        return NotFound(f"Job '{job_id}' no longer exists.", param="id", code="job_not_found")
+    if row["expired"]:
+        return NotFound(f"Job '{job_id}' expired.", param="id", code="job_expired")
+    return None
+
+
+async def job_events(watch: Watch) -> AsyncIterator[dict[str, str]]:
     seen: tuple[Any, ...] = ()
     step = -1
-    while True:
-        try:
-            row = await store.get(job_id)
-        except DATABASE_DOWN:
-            row = None  # the database is away: keep the stream, try again
-        if row is not None:
+    try:
+        while True:
+            row = watch.row
+            gone = _gone(watch.job_id, row)
+            if gone is not None:
+                yield _event("error", gone.body())
+                return
+            assert row is not None
             final = JobStatus(row["status"]) in FINAL_STATUSES
             state = (row["status"], row["attempts"])
             if state != seen:
@@ -43,4 +54,6 @@ async def job_events(
                 yield _event("progress", {"step": step, "steps": row["progress_steps"]})
             if final:
                 return
-        await asyncio.sleep(interval_s)
+            await watch.changed()
+    finally:
+        watch.close()

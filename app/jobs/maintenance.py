@@ -5,6 +5,10 @@
 - ``reconcile``: keep ``sleepwell_jobs`` in step with SAQ (a swept job shows as queued
   again; one SAQ gave up on is failed), re-enqueue a job whose enqueue was lost (the
   database died between our insert and SAQ's), and drop expired results.
+- ``renotify``: enqueue the "completed" webhook of a final job whose worker made it final
+  but never enqueued the webhook (the database blinked, the worker died in between), or
+  that maintenance itself failed (attempts exhausted). The message id is the job's, so a
+  receiver never gets two different "completed" events for one job.
 """
 
 from __future__ import annotations
@@ -12,12 +16,16 @@ from __future__ import annotations
 import logging
 
 from app.jobs.database import Database
-from app.jobs.queue import GENERATIONS, JobQueue
+from app.jobs.queue import GENERATIONS, WEBHOOKS, JobQueue
+from app.jobs.store import JobStore
+from app.jobs.webhooks import Webhooks, completed_message_id
 from app.observability import metrics
 
 logger = logging.getLogger("sleepwell.jobs.maintenance")
 _ORPHAN_AFTER_S = 10
 _TOMBSTONE_DAYS = 7  # an expired job still answers "expired" (not "unknown") this long
+# The worker that makes a job final enqueues its webhook at once; only older rows are ours.
+RENOTIFY_AFTER_S = 5.0
 
 
 async def backlog(database: Database) -> tuple[int, float]:
@@ -62,3 +70,26 @@ async def reconcile(database: Database, queue: JobQueue) -> None:
     for job_id in orphans:
         logger.warning("job %s had no queue entry; enqueueing it again", job_id)
         await queue.enqueue_generation(job_id)
+
+
+async def renotify(database: Database, store: JobStore, webhooks: Webhooks) -> list[str]:
+    """Enqueue the missing "completed" webhooks; the ids of the jobs notified now."""
+    notified = []
+    for row in await store.unnotified(RENOTIFY_AFTER_S):
+        if not await _webhook_enqueued(database, completed_message_id(row["id"])):
+            await webhooks.notify(row, "completed")
+            if row["webhook_url"] and "completed" in (row["webhook_events"] or []):
+                notified.append(row["id"])
+                logger.warning("job %s: its completed webhook was never enqueued; enqueued now",
+                               row["id"])
+        await store.mark_notified(row["id"])
+    return notified
+
+
+async def _webhook_enqueued(database: Database, msg_id: str) -> bool:
+    """Already in SAQ (queued, retrying or delivered): enqueueing it again could send it
+    twice (SAQ re-runs a finished job on a newer enqueue of the same key)."""
+    async with database.connection() as conn:
+        cursor = await conn.execute("SELECT 1 FROM saq_jobs WHERE key = %s AND queue = %s",
+                                    (msg_id, WEBHOOKS))
+        return await cursor.fetchone() is not None

@@ -64,6 +64,30 @@ CREATE TABLE sleepwell_desired_model (
     updated_at timestamptz NOT NULL DEFAULT clock_timestamp()
 );
 """),
+    # Every delivery of a job (duplicates and redeliveries made visible: the jobs table keeps
+    # only the latest start), and whether the final state's "completed" webhook was enqueued
+    # (maintenance enqueues it again when not). Rows that were final before this migration
+    # count as notified: their webhook, if any, went out under the old code.
+    Migration(3, "job_runs", """
+CREATE TABLE sleepwell_job_runs (
+    job_id text NOT NULL REFERENCES sleepwell_jobs (id) ON DELETE CASCADE,
+    attempt int NOT NULL,
+    worker text NOT NULL,
+    started_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    finished_at timestamptz,
+    outcome text,
+    PRIMARY KEY (job_id, attempt)
+);
+ALTER TABLE sleepwell_jobs ADD COLUMN completed_notified boolean NOT NULL DEFAULT true;
+ALTER TABLE sleepwell_jobs ALTER COLUMN completed_notified SET DEFAULT false;
+UPDATE sleepwell_jobs SET completed_notified = false WHERE status IN ('queued', 'running');
+CREATE INDEX sleepwell_jobs_unnotified ON sleepwell_jobs (finished_at) WHERE NOT completed_notified;
+"""),
+    # A published model that a starting worker could not load (app/jobs/shared_model.py):
+    # workers that start later load their configured model instead of failing on it again.
+    Migration(4, "desired_model_failed", """
+ALTER TABLE sleepwell_desired_model ADD COLUMN failed_revision bigint;
+"""),
 )
 
 

@@ -59,6 +59,9 @@ class JobView(BaseModel):
     status: JobStatus
     progress: JobProgress
     attempts: int
+    # Runs that reached the end. At-least-once delivery: 2+ means a duplicate run (its
+    # result was discarded; the first final write wins).
+    completions: int = 0
     created_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None
@@ -75,6 +78,7 @@ class JobView(BaseModel):
             status=JobStatus(row["status"]),
             progress=JobProgress(step=row["progress_step"], steps=row["progress_steps"]),
             attempts=row["attempts"],
+            completions=row.get("completions", 0),
             created_at=row["created_at"],
             started_at=row["started_at"],
             finished_at=row["finished_at"],

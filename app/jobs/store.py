@@ -3,10 +3,13 @@
 SAQ's rows say who holds a job right now; this table says what the client asked for and
 what came of it. Every final write is "first writer wins" (``finish``): a job that ran
 twice (at-least-once delivery) keeps the first result, and ``completions`` counts runs.
+``sleepwell_job_runs`` keeps one row per delivery (attempt, worker, start, end, outcome);
+``completed_notified`` says whether the final state's webhook was enqueued.
 """
 
 from __future__ import annotations
 
+import builtins
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +26,47 @@ _LIST_COLUMNS = (
     "id, owner, status, request, seed, webhook_url, webhook_events, progress_step, progress_steps,"
     " attempts, completions, cancel_requested, NULL::jsonb AS result, error, worker,"
     " created_at, started_at, finished_at, expires_at"
+)
+# A final row whose client asked for no "completed" webhook has nothing left to notify.
+_NOTHING_TO_NOTIFY = "(webhook_url IS NULL OR NOT ('completed' = ANY(webhook_events)))"
+
+
+class RunOutcome:
+    """How one delivery of a job ended, in ``sleepwell_job_runs.outcome`` (NULL: the run
+    never reported back: its worker died or lost the database)."""
+
+    SUCCEEDED, FAILED, CANCELLED = "succeeded", "failed", "cancelled"
+    DUPLICATE = "duplicate"  # ran to the end, but another run had already made it final
+    HANDED_BACK = "handed_back"  # drained or otherwise unable: queued again for another
+    STALLED = "stalled"  # its worker stopped making progress; queued again or failed
+
+
+# The final write (see JobStore.finish). ``recorded``: the outcome this run already wrote,
+# when this is a retry of a write that committed; then nothing changes.
+_FINISH = (
+    "WITH previous AS (SELECT j.status = ANY(%(final)s::text[]) AS was_final,"
+    "   (SELECT r.outcome FROM sleepwell_job_runs r WHERE r.job_id = j.id"
+    "     AND r.attempt = %(attempt)s::int) AS recorded"
+    "   FROM sleepwell_jobs j WHERE j.id = %(id)s FOR UPDATE),"
+    " decided AS (SELECT was_final, recorded, CASE WHEN recorded IS NOT NULL"
+    "   THEN recorded = ANY(%(final)s::text[]) ELSE NOT was_final END AS won,"
+    "   (recorded IS NULL AND NOT was_final) AS writes FROM previous),"
+    " updated AS (UPDATE sleepwell_jobs j SET"
+    " completions = completions + CASE WHEN recorded IS NULL THEN 1 ELSE 0 END,"
+    " status = CASE WHEN writes THEN %(status)s ELSE j.status END,"
+    " result = CASE WHEN writes THEN %(result)s ELSE j.result END,"
+    " error = CASE WHEN writes THEN %(error)s ELSE j.error END,"
+    " progress_step = CASE WHEN writes AND %(status)s = 'succeeded'"
+    "   THEN j.progress_steps ELSE j.progress_step END,"
+    " cancel_requested = j.cancel_requested OR (writes AND %(status)s = 'cancelled'),"
+    " finished_at = COALESCE(j.finished_at, clock_timestamp()),"
+    " expires_at = COALESCE(j.expires_at, clock_timestamp() + %(ttl)s * interval '1 s'),"
+    f" completed_notified = j.completed_notified OR {_NOTHING_TO_NOTIFY}"
+    " FROM decided WHERE j.id = %(id)s RETURNING j.*, decided.won, decided.recorded),"
+    " run AS (UPDATE sleepwell_job_runs r SET finished_at = clock_timestamp(),"
+    " outcome = CASE WHEN updated.won THEN %(status)s ELSE %(duplicate)s END FROM updated"
+    " WHERE r.job_id = updated.id AND r.attempt = %(attempt)s::int AND updated.recorded IS NULL)"
+    " SELECT * FROM updated"
 )
 
 
@@ -98,12 +142,44 @@ class JobStore:
             return await cur.fetchall()
 
     async def start(self, job_id: str, worker: str) -> dict[str, Any] | None:
-        """Mark running (attempts + 1); None if the job is already final or unknown."""
+        """Mark running (attempts + 1) and record the run; None if the job is already
+        final or unknown. ``attempts`` of the row returned numbers this run."""
         return await self._one(
-            "UPDATE sleepwell_jobs SET status = 'running', attempts = attempts + 1,"
-            " started_at = clock_timestamp(), worker = %(worker)s, progress_step = 0"
-            " WHERE id = %(id)s AND status <> ALL(%(final)s::text[]) RETURNING *",
+            "WITH started AS (UPDATE sleepwell_jobs SET status = 'running',"
+            " attempts = attempts + 1, started_at = clock_timestamp(), worker = %(worker)s,"
+            " progress_step = 0 WHERE id = %(id)s AND status <> ALL(%(final)s::text[])"
+            " RETURNING *), run AS (INSERT INTO sleepwell_job_runs (job_id, attempt, worker,"
+            " started_at) SELECT id, attempts, worker, started_at FROM started)"
+            " SELECT * FROM started",
             {"id": job_id, "worker": worker, "final": _FINAL})
+
+    async def end_run(self, job_id: str, attempt: int, outcome: str) -> None:
+        await self._one(
+            "UPDATE sleepwell_job_runs SET finished_at = clock_timestamp(), outcome = %(outcome)s"
+            " WHERE job_id = %(id)s AND attempt = %(attempt)s RETURNING 1",
+            {"id": job_id, "attempt": attempt, "outcome": outcome})
+
+    async def stalled_runs(self, job_id: str) -> int:
+        row = await self._one(
+            "SELECT count(*) AS stalls FROM sleepwell_job_runs WHERE job_id = %(id)s"
+            " AND outcome = %(outcome)s", {"id": job_id, "outcome": RunOutcome.STALLED})
+        return int(row["stalls"]) if row else 0
+
+    async def mark_notified(self, job_id: str) -> None:
+        await self._one("UPDATE sleepwell_jobs SET completed_notified = true WHERE id = %(id)s"
+                        " RETURNING 1", {"id": job_id})
+
+    async def unnotified(self, grace_s: float, limit: int = 100) -> builtins.list[dict[str, Any]]:
+        """Final rows whose "completed" webhook was never enqueued (the worker that made
+        them final failed to, or died first), older than ``grace_s``."""
+        async with self.database.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(
+                "SELECT * FROM sleepwell_jobs WHERE NOT completed_notified"
+                " AND status = ANY(%(final)s::text[])"
+                " AND finished_at < clock_timestamp() - %(grace)s * interval '1 s'"
+                " ORDER BY finished_at LIMIT %(limit)s",
+                {"final": _FINAL, "grace": grace_s, "limit": limit})
+            return await cur.fetchall()
 
     async def progress(self, job_id: str, step: int) -> bool:
         """Write the step; True if the client asked to cancel."""
@@ -114,25 +190,19 @@ class JobStore:
         return bool(row and row["stop"])
 
     async def finish(self, job_id: str, status: JobStatus, *, result: Any = None,
-                     error: dict[str, Any] | None = None) -> dict[str, Any] | None:
-        """First final write wins. Returns the row if this call won, None if another had."""
-        row = await self._one(
-            "WITH previous AS (SELECT status = ANY(%(final)s::text[]) AS was_final"
-            "   FROM sleepwell_jobs WHERE id = %(id)s FOR UPDATE)"
-            " UPDATE sleepwell_jobs j SET completions = completions + 1,"
-            " status = CASE WHEN was_final THEN j.status ELSE %(status)s END,"
-            " result = CASE WHEN was_final THEN j.result ELSE %(result)s END,"
-            " error = CASE WHEN was_final THEN j.error ELSE %(error)s END,"
-            " progress_step = CASE WHEN NOT was_final AND %(status)s = 'succeeded'"
-            "   THEN j.progress_steps ELSE j.progress_step END,"
-            " cancel_requested = j.cancel_requested"
-            "   OR (NOT was_final AND %(status)s = 'cancelled'),"
-            " finished_at = COALESCE(j.finished_at, clock_timestamp()),"
-            " expires_at = COALESCE(j.expires_at, clock_timestamp() + %(ttl)s * interval '1 s')"
-            " FROM previous WHERE j.id = %(id)s RETURNING j.*, NOT was_final AS won",
-            {"id": job_id, "status": status.value, "final": _FINAL, "ttl": self.ttl_s,
-             "result": None if result is None else Jsonb(result),
-             "error": None if error is None else Jsonb(error)})
+                     error: dict[str, Any] | None = None,
+                     attempt: int | None = None) -> dict[str, Any] | None:
+        """First final write wins. Returns the row if this call won, None if another had.
+
+        With ``attempt`` (the run's number) the run's outcome is written in the same
+        statement, and the call is idempotent per run: a retry after a write that committed
+        but whose answer was lost (the database froze, the connection was aborted) returns
+        what the first call decided, without counting another completion."""
+        row = await self._one(_FINISH, {
+            "id": job_id, "status": status.value, "final": _FINAL, "ttl": self.ttl_s,
+            "attempt": attempt, "duplicate": RunOutcome.DUPLICATE,
+            "result": None if result is None else Jsonb(result),
+            "error": None if error is None else Jsonb(error)})
         return row if row is not None and row["won"] else None
 
     async def request_cancel(self, job_id: str) -> dict[str, Any] | None:
@@ -143,7 +213,8 @@ class JobStore:
             " finished_at = CASE WHEN status = 'queued' THEN clock_timestamp()"
             "   ELSE finished_at END,"
             " expires_at = CASE WHEN status = 'queued'"
-            "   THEN clock_timestamp() + %(ttl)s * interval '1 s' ELSE expires_at END"
+            "   THEN clock_timestamp() + %(ttl)s * interval '1 s' ELSE expires_at END,"
+            f" completed_notified = completed_notified OR {_NOTHING_TO_NOTIFY}"
             " WHERE id = %(id)s AND status <> ALL(%(final)s::text[]) RETURNING *",
             {"id": job_id, "final": _FINAL, "ttl": self.ttl_s})
 

@@ -21,12 +21,25 @@ from standardwebhooks.webhooks import Webhook
 
 from app.jobs.queue import JobQueue
 from app.jobs.schemas import JobStatus, JobView
-from app.jobs.ssrf import Target, WebhookRefused, allowed_hosts, resolve
+from app.jobs.ssrf import (
+    Resolver,
+    Target,
+    WebhookRefused,
+    WebhookUnresolved,
+    allowed_hosts,
+    resolve,
+    system_resolver,
+)
 from app.observability import metrics
 from app.settings import Settings
 
 logger = logging.getLogger("sleepwell.jobs.webhooks")
 DELIVER_FUNCTION = "deliver_webhook"
+
+
+def completed_message_id(job_id: str) -> str:
+    """The ``webhook-id`` (and SAQ key) of a job's one "completed" event."""
+    return f"msg_{job_id}_completed"
 
 
 class WebhookAttemptFailed(Exception):
@@ -44,17 +57,23 @@ class _QuietWorker(Worker):  # type: ignore[type-arg]
 
 
 class Webhooks:
-    def __init__(self, settings: Settings, queue: JobQueue) -> None:
+    def __init__(self, settings: Settings, queue: JobQueue,
+                 resolver: Resolver = system_resolver) -> None:
         self.settings = settings
         self.queue = queue
         secret = settings.webhook_secret
         self.signer = Webhook(secret.get_secret_value()) if secret is not None else None
         self.allowed = allowed_hosts(settings)
+        self.resolver = resolver
+        # trust_env=False: no proxy from the environment; the request goes to the address
+        # ssrf.py checked and to nothing else.
         self.client = httpx.AsyncClient(timeout=settings.webhook_timeout_s,
-                                        follow_redirects=False)
+                                        follow_redirects=False, trust_env=False)
         self.worker = _QuietWorker(
             queue.webhooks, functions=[(DELIVER_FUNCTION, self._deliver)], concurrency=4,
-            dequeue_timeout=1.0, poll_interval=settings.job_poll_interval_s * 2,
+            # Longer than a pool wait: SAQ's dequeue must not time out while it holds a row.
+            dequeue_timeout=settings.database_timeout_s + 1.0,
+            poll_interval=settings.job_poll_interval_s * 2,
         )
 
     async def close(self) -> None:
@@ -63,6 +82,11 @@ class Webhooks:
 
     # --- enqueueing ---------------------------------------------------------------------
     async def notify(self, row: dict[str, Any], event: str) -> None:
+        """Enqueue ``event`` for the job in ``row``. A "started" or "progress" event is
+        per run (a redelivered job reports its new run); "completed" is once per job."""
+        if event == "completed":
+            await self._enqueue(row, event, completed_message_id(row["id"]))
+            return
         suffix = f"-{row['attempts']}" if event == "started" else ""
         await self._enqueue(row, event, f"msg_{row['id']}_{event}{suffix}")
 
@@ -91,12 +115,16 @@ class Webhooks:
     async def _deliver(self, ctx: dict[str, Any], *, url: str, msg_id: str, payload: str) -> None:
         job = ctx["job"]
         try:
-            target = await resolve(url, self.allowed)
-        except WebhookRefused as exc:
+            target = await resolve(url, self.allowed, self.resolver,
+                                   self.settings.webhook_timeout_s)
+        except WebhookRefused as exc:  # final: a retry would resolve the same way
             metrics.WEBHOOK_DELIVERIES.labels(outcome="refused").inc()
-            logger.warning("webhook %s refused: %s", msg_id, exc)
+            logger.warning("webhook %s refused at delivery: %s", msg_id, exc)
             return
-        problem = await self._post(target, msg_id, payload)
+        except WebhookUnresolved as exc:  # DNS may be back on the next attempt
+            problem: str | None = str(exc)
+        else:
+            problem = await self._post(target, msg_id, payload)
         if problem is None:
             metrics.WEBHOOK_DELIVERIES.labels(outcome="delivered").inc()
             return
@@ -119,10 +147,13 @@ class Webhooks:
             "webhook-signature": self.signer.sign(msg_id, now, payload),
         }
         try:
-            response = await self.client.post(target.url, content=payload, headers=headers,
-                                              extensions={"sni_hostname": target.host})
+            # Streamed and never read: only the status matters, and a receiver's body (of any
+            # size) stays on the wire. The connection goes to the checked address only.
+            async with self.client.stream("POST", target.url, content=payload, headers=headers,
+                                          extensions={"sni_hostname": target.host}) as response:
+                status = response.status_code
         except httpx.HTTPError as exc:
             return f"{type(exc).__name__}: {exc}"
-        if 200 <= response.status_code < 300:
+        if 200 <= status < 300:
             return None
-        return f"HTTP {response.status_code}"
+        return f"HTTP {status}"

@@ -71,7 +71,9 @@ INFLIGHT = Gauge(
 )
 IMAGES = Counter("images_generated", "Images returned to clients.")
 MODEL_LOAD_FAILURES = Counter(
-    "model_load_failures", "Model loads that failed; each one made its worker exit."
+    "model_load_failures",
+    "Model loads at worker start that failed: the configured model (the worker exits) or a "
+    "published one (the worker falls back to the configured model).",
 )
 STEPS = Counter("inference_steps", "Denoising steps completed, including cancelled runs.")
 CUDA_OOM = Counter("cuda_oom", "CUDA out-of-memory errors caught at the pipeline boundary.")
@@ -157,10 +159,29 @@ JOB_REDELIVERIES = Counter(
     "job_redeliveries",
     "Job deliveries after the first: a worker died or drained while running the job.",
 )
+JOB_DUPLICATE_RUNS = Counter(
+    "job_duplicate_runs",
+    "Job runs that reached the end after another run had already made the job final "
+    "(at-least-once delivery: their result was discarded). Counted by the losing worker.",
+)
+JOBS_CONSUMER_RESTARTS = Counter(
+    "jobs_consumer_restarts",
+    "Times this worker's job consumer loop failed and was restarted after a backoff.",
+)
 WEBHOOK_DELIVERIES = Counter(
     "webhook_deliveries",
     "Webhook delivery attempts by outcome: delivered, retried, failed (gave up), refused.",
     ["outcome"],
+)
+JOB_EVENT_STREAMS = Gauge(
+    "job_event_streams",
+    "Open GET /v1/jobs/{id}/events streams, summed over live workers.",
+    multiprocess_mode="livesum",
+)
+JOB_EVENT_STREAMS_REFUSED = Counter(
+    "job_event_streams_refused",
+    "Job event streams refused with 429: the worker already served"
+    " SLEEPWELL_JOB_EVENT_STREAMS_MAX of them.",
 )
 
 
@@ -170,6 +191,8 @@ def initialise_job_series() -> None:
     for outcome in WEBHOOK_OUTCOMES:
         WEBHOOK_DELIVERIES.labels(outcome=outcome)
     JOB_REDELIVERIES.inc(0)
+    JOB_DUPLICATE_RUNS.inc(0)
+    JOBS_CONSUMER_RESTARTS.inc(0)
     JOBS_DATABASE_UP.set(0)
 
 

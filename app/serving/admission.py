@@ -106,9 +106,12 @@ def seeds_for(body: ImageGenerationRequest) -> list[int]:
 
 def build_generation(
     body: ImageGenerationRequest, settings: Settings, model: LoadedModel, request_id: str,
-    arrived_at: float | None = None,
+    arrived_at: float | None = None, timeout_s: float | None = None,
 ) -> Generation:
-    """Validate against limits and the model; raises InvalidRequest naming the parameter."""
+    """Validate against limits and the model; raises InvalidRequest naming the parameter.
+
+    ``timeout_s``: the deadline from arrival; SLEEPWELL_REQUEST_TIMEOUT_S unless given (a
+    job passes SLEEPWELL_JOB_TIMEOUT_S: nobody holds a connection open for it)."""
     check_model(body.model, model.name)
     _check_ranges(body, settings)
     width, height = _size(body, settings, model)
@@ -132,7 +135,7 @@ def build_generation(
         negative_prompt=body.negative_prompt,
         seeds=seeds_for(body),
         params=params,
-        deadline=arrived_at + settings.request_timeout_s,
+        deadline=arrived_at + (settings.request_timeout_s if timeout_s is None else timeout_s),
         future=future,
         arrived_at=arrived_at,
     )

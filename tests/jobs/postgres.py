@@ -63,3 +63,26 @@ def query(url: str, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, .
     with psycopg.connect(url, autocommit=True) as conn:
         cursor = conn.execute(sql.encode(), params)
         return list(cursor.fetchall()) if cursor.description is not None else []
+
+
+@contextmanager
+def paused(server: TestPostgres) -> Iterator[None]:
+    """The server frozen like ``docker compose pause``: SIGSTOP on the postmaster and every
+    backend (the kernel still accepts connections and ACKs); always SIGCONT afterwards."""
+    import signal
+    from contextlib import suppress
+
+    import psutil
+
+    postmaster = psutil.Process(server.server.get_pid())
+    processes = [postmaster]  # first, so it forks nothing new while the rest are stopped
+    try:
+        postmaster.send_signal(signal.SIGSTOP)
+        processes += postmaster.children(recursive=True)
+        for process in processes[1:]:
+            process.send_signal(signal.SIGSTOP)
+        yield
+    finally:
+        for process in reversed(processes):
+            with suppress(psutil.NoSuchProcess):
+                process.send_signal(signal.SIGCONT)

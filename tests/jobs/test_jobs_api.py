@@ -20,7 +20,7 @@ from tests.jobs.helpers import (
     webhook_receiver,
 )
 from tests.jobs.postgres import TestPostgres
-from tests.support.scrape import value
+from tests.support.scrape import has, value
 from tests.support.server import RunningServer, gunicorn_server
 
 KEY_A, KEY_B, ADMIN = "key-alice", "key-bob", "admin-secret"
@@ -202,11 +202,25 @@ def test_jobs_bad_input_is_a_400_naming_the_parameter(client: httpx.Client) -> N
     assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "job_not_found"
 
 
+def test_jobs_submit_with_the_admin_key_is_refused_403(client: httpx.Client) -> None:
+    # It skips the per-key rate limit and would make a job no key can read.
+    before = client.get("/v1/jobs", params={"limit": 1000}, headers=auth(ADMIN)).json()["data"]
+    response = client.post("/v1/jobs", headers=auth(ADMIN),
+                           json={"prompt": "an operator's fox", "size": "64x64"})
+    assert response.status_code == 403, response.text
+    error = response.json()["error"]
+    assert error["code"] == "admin_key_not_for_jobs" and error.get("param") is None, error
+    after = client.get("/v1/jobs", params={"limit": 1000}, headers=auth(ADMIN)).json()["data"]
+    assert len(after) == len(before)
+
+
 def test_jobs_metrics_count_final_statuses(server: RunningServer, client: httpx.Client) -> None:
     job = submit(client, KEY_A)
     wait_final(client, KEY_A, job["id"])
     text = httpx.get(f"{server.url}/metrics", timeout=10).text
     assert value(text, "jobs_total", status="succeeded") >= 1
     assert value(text, "jobs_database_up") == 1
-    assert "jobs_queued" in text and "jobs_oldest_queued_age_seconds" in text
-    assert value(text, "webhook_deliveries_total", outcome="delivered") >= 0
+    assert value(text, "jobs_queued") >= 0 and value(text, "jobs_oldest_queued_age_seconds") >= 0
+    # Every outcome's series is published before its first delivery, so rate() sees it.
+    assert all(has(text, "webhook_deliveries_total", outcome=outcome)
+               for outcome in ("delivered", "retried", "failed", "refused"))

@@ -41,6 +41,6 @@ async def deep(service: ServiceDep, request: Request) -> JSONResponse:
     if getattr(request.app.state.settings, "jobs_enabled", False):
         body["checks"]["jobs"] = bool(jobs is not None and jobs.available)
         if jobs is not None and not jobs.available:
-            body["jobs_error"] = jobs.database.last_error or "not connected yet"
+            body["jobs_error"] = jobs.last_error
     # --- end jobs
     return _answer(ok, body)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import uuid
 from typing import Annotated, Any
@@ -9,12 +10,13 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse
 from sse_starlette import EventSourceResponse
+from starlette.background import BackgroundTask
 
 from app.api.deps import RequestIdDep, ServiceDep
 from app.api.schemas import MAX_SEED
-from app.errors import InvalidRequest, NotFound, ServiceUnavailable
+from app.errors import Forbidden, InvalidRequest, NotFound, ServiceUnavailable
 from app.jobs.component import JobsComponent
-from app.jobs.database import UNAVAILABLE_ERRORS
+from app.jobs.database import DATABASE_DOWN, UNAVAILABLE_ERRORS
 from app.jobs.events import job_events
 from app.jobs.schemas import FINAL_STATUSES, JobCreateRequest, JobList, JobStatus, JobView
 from app.jobs.ssrf import check_target
@@ -72,6 +74,11 @@ async def create_job(
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
 ) -> JSONResponse:
     jobs = get_jobs(request)
+    if is_admin(request):
+        # The admin key is not rate limited per key and owns nothing: a job it made could
+        # be read by no key at all.
+        raise Forbidden("The admin key cannot submit jobs; use an API key.",
+                        code="admin_key_not_for_jobs")
     generation_body = body.generation_body()
     seed = generation_body.seed if generation_body.seed is not None else secrets.randbelow(
         MAX_SEED + 1)
@@ -112,10 +119,19 @@ async def get_job(job_id: str, request: Request) -> JSONResponse:
 
 @router.get("/v1/jobs/{job_id}/events")
 async def job_event_stream(job_id: str, request: Request) -> EventSourceResponse:
+    """Bounded per worker (429 before any database read); this worker's one poller feeds
+    every stream (app/jobs/streams.py)."""
     jobs = get_jobs(request)
-    await _owned(jobs, job_id, request)
-    stream = job_events(jobs.store, job_id, jobs.settings.job_progress_interval_s)
-    return EventSourceResponse(stream, ping=15, headers={"Cache-Control": "no-store"})
+    watch = jobs.streams.open(job_id)
+    try:
+        watch.update(await _owned(jobs, job_id, request))
+    except BaseException:
+        watch.close()
+        raise
+    # The stream's own end gives the slot back; the background task too, for a response
+    # whose stream never started (HEAD, an early disconnect).
+    return EventSourceResponse(job_events(watch), ping=15, headers={"Cache-Control": "no-store"},
+                               background=BackgroundTask(watch.close))
 
 
 @router.post("/v1/jobs/{job_id}/cancel", response_model=JobView)
@@ -129,7 +145,10 @@ async def cancel_job(job_id: str, request: Request) -> JSONResponse:
     if cancelled is not None and cancelled["status"] == JobStatus.CANCELLED.value:
         metrics.JOBS.labels(status="cancelled").inc()
         await jobs.queue.abort_queued(job_id)
-        await jobs.webhooks.notify(cancelled, "completed")
+        # Not enqueued (the database blinked): maintenance enqueues it from the final row.
+        with contextlib.suppress(*DATABASE_DOWN):
+            await jobs.webhooks.notify(cancelled, "completed")
+            await jobs.store.mark_notified(job_id)
     return _answer(JobView.from_row(cancelled or await _owned(jobs, job_id, request)))
 
 
