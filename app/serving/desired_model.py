@@ -3,6 +3,10 @@
 The file lives in ``SLEEPWELL_STATE_DIR`` (gunicorn.conf.py makes one per master and
 empties it at master start), so it reaches every worker of one box. Replicas on other boxes
 or in other pods need the database store (app/jobs), which implements the same methods.
+
+A published model that a starting worker could not load is marked failed (its revision, in
+a file beside the record): workers that start later load their configured model at once
+instead of failing on it again, until a new swap is published.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ logger = logging.getLogger("sleepwell.desired_model")
 
 DESIRED_MODEL_FILE = "desired-model.json"
 SWAP_ERROR_FILE = "swap-error.txt"
+FAILED_REVISION_FILE = "desired-model-failed.json"
 
 
 class DesiredModelBackend(Protocol):
@@ -30,6 +35,7 @@ class DesiredModelBackend(Protocol):
     async def publish(self, model: str, base: str | None) -> DesiredModel | None: ...
     async def record_error(self, message: str | None) -> None: ...
     async def read_error(self) -> str | None: ...
+    async def mark_failed(self, revision: int, message: str) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -37,6 +43,7 @@ class DesiredModel:
     model: str
     revision: int  # increases with every publish (nanosecond clock)
     base: str | None  # the SLEEPWELL_MODEL it was published over; None: the demo model
+    failed: bool = False  # a starting worker could not load it: start on the configured one
 
 
 class DesiredModelStore:
@@ -45,6 +52,7 @@ class DesiredModelStore:
     def __init__(self, directory: Path | None) -> None:
         self.path = directory / DESIRED_MODEL_FILE if directory is not None else None
         self.error_path = directory / SWAP_ERROR_FILE if directory is not None else None
+        self.failed_path = directory / FAILED_REVISION_FILE if directory is not None else None
 
     @property
     def shared(self) -> bool:
@@ -72,13 +80,29 @@ class DesiredModelStore:
             return None
         try:
             raw = json.loads(self.path.read_text(encoding="utf-8"))
-            return DesiredModel(model=str(raw["model"]), revision=int(raw["revision"]),
-                                base=raw.get("base"))
+            revision = int(raw["revision"])
+            return DesiredModel(model=str(raw["model"]), revision=revision,
+                                base=raw.get("base"), failed=self._failed_revision() == revision)
         except FileNotFoundError:
             return None
         except (OSError, ValueError, KeyError, TypeError) as exc:
             logger.warning("ignoring unreadable %s: %s", self.path, exc)
             return None
+
+    async def mark_failed(self, revision: int, message: str) -> None:
+        """Record that ``revision`` failed to load, and why (shown by every worker)."""
+        if self.failed_path is None:
+            return
+        # Its own file, naming the revision: a publish racing with this write still wins.
+        _write_atomically(self.failed_path, json.dumps({"revision": revision}))
+        await self.record_error(message)
+
+    def _failed_revision(self) -> int | None:
+        assert self.failed_path is not None
+        try:
+            return int(json.loads(self.failed_path.read_text(encoding="utf-8"))["revision"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None  # none marked (or unreadable: then a starting worker just tries it)
 
     async def publish(self, model: str, base: str | None) -> DesiredModel | None:
         """Atomically record ``model`` as what every worker should serve."""

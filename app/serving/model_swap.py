@@ -16,6 +16,15 @@ on a worker that has not switched yet, gets 503 ``model_switching`` (retry), nev
 A published swap holds until the configured model (``SLEEPWELL_MODEL``) changes: the record
 names the configured model it was made over, and a worker configured otherwise ignores it.
 
+A bad published model must not crash-loop every replica. A (re)starting worker that cannot
+load it falls back to its configured model (it has no other model that loaded), counts the
+failure (``model_load_failures_total``: the ModelLoadFailing alert), marks that revision
+failed in the store with the reason (``last_swap_error`` in /health on every worker), and
+serves, ready. Workers that start later load the configured model at once, and running
+workers stop retrying it: a failed revision is never retried by itself, only a new publish
+(``POST /admin/models/load`` again, once the files are fixed) replaces it. Workers that
+still hold the model keep serving it. Only the configured model failing is fatal.
+
 Cost: while a worker swaps, both models are resident: about twice the model's weights in
 (GPU) memory for the duration of one load.
 """
@@ -25,8 +34,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 
 from app import __version__
+from app.errors import SleepwellError
 from app.observability import metrics
 from app.serving.desired_model import DesiredModel, DesiredModelBackend
 from app.serving.engine import Engine, InferenceThread
@@ -67,22 +78,57 @@ class ModelSwapper:
     def _applies(self, desired: DesiredModel | None) -> bool:
         return desired is not None and desired.base == self.settings.model
 
-    async def startup_settings(self) -> Settings:
-        """What a (re)starting worker loads: the published model if any, else its config.
+    async def load_at_start(
+        self, load: Callable[[Settings], Awaitable[LoadedModel]]
+    ) -> LoadedModel:
+        """Load what a (re)starting worker serves: the published model, else its config.
 
-        A store that cannot be read (the database is down) must not stop the worker: it
-        loads its configured model, and reconciling converges once the store is back.
+        A published model that fails to load falls back to the configured one (see the
+        module docstring); only the configured model failing raises.
         """
+        desired = await self._published_at_start()
+        if desired is None:
+            return await load(self.settings)
+        self.applied_revision = desired.revision
+        published = self.settings_for(desired.model)
+        if published is self.settings:  # the configured model: no fallback from it
+            return await load(published)
+        if desired.failed:
+            logger.warning("published model %r failed to load on a worker before; loading "
+                           "the configured model %r", desired.model,
+                           self.settings.served_model_name)
+            return await load(self.settings)
+        try:
+            return await load(published)
+        except Exception as exc:
+            reason = record_failed_load(exc, f"published model {desired.model!r}")
+        await self._mark_failed(desired, reason)
+        return await load(self.settings)
+
+    async def _published_at_start(self) -> DesiredModel | None:
+        """The published record if it applies to us. A store that cannot be read (the
+        database is down) must not stop the worker: it loads its configured model, and
+        reconciling converges once the store is back."""
         try:
             desired = await asyncio.wait_for(self.store.read(), _STARTUP_READ_TIMEOUT_S)
         except Exception as exc:
             logger.warning("desired model unknown at start (%s); loading the configured one",
                            exc)
-            return self.settings
-        if desired is None or not self._applies(desired):
-            return self.settings
-        self.applied_revision = desired.revision
-        return self.settings_for(desired.model)
+            return None
+        return desired if self._applies(desired) else None
+
+    async def _mark_failed(self, desired: DesiredModel, reason: str) -> None:
+        self.facts.swap_error = (
+            f"published model {desired.model!r} failed to load on a starting worker "
+            f"({reason}); starting workers serve the configured model "
+            f"{self.settings.served_model_name!r} until a model is published again"
+        )
+        try:
+            await asyncio.wait_for(self.store.mark_failed(desired.revision,
+                                                          self.facts.swap_error),
+                                   _STARTUP_READ_TIMEOUT_S)
+        except Exception as exc:  # the fallback still happens; the next start tries again
+            logger.warning("could not mark the published model failed: %s", exc)
 
     async def swap(self, source: str) -> tuple[LoadedModel, str | None]:
         """Load ``source`` on a helper thread, then install it on the inference thread."""
@@ -125,8 +171,8 @@ class ModelSwapper:
             except Exception:
                 return None
             model = self.engine.model
-            if desired is not None and self._applies(desired) and model is not None and (
-                    desired.model != model.source):
+            if desired is not None and self._applies(desired) and not desired.failed and (
+                    model is not None and desired.model != model.source):
                 return self.settings_for(desired.model).served_model_name
         return self.switching_to
 
@@ -144,8 +190,9 @@ class ModelSwapper:
         desired = await self.store.read()
         model = self.engine.model
         if model is None or not self._applies(desired) or desired is None:
-            return  # still loading (startup_settings chose), or nothing published for us
-        if desired.revision == self.applied_revision or desired.model == model.source:
+            return  # still loading (load_at_start chooses), or nothing published for us
+        if desired.revision == self.applied_revision or desired.model == model.source or (
+                desired.failed):  # never retried by itself: see the module docstring
             self.applied_revision = desired.revision
             self._converged()
             return
@@ -175,3 +222,11 @@ class ModelSwapper:
         self.facts.model_mismatch = None
         self._retry_in_s = _FIRST_RETRY_S
         self._next_attempt = 0.0
+
+
+def record_failed_load(exc: BaseException, what: str) -> str:
+    """Log and count one failed model load (ModelLoadFailing alerts on the count); why."""
+    reason = exc.message if isinstance(exc, SleepwellError) else f"{type(exc).__name__}: {exc}"
+    logger.error("model load failed: %s: %s", what, reason, exc_info=exc)
+    metrics.MODEL_LOAD_FAILURES.inc()
+    return reason

@@ -27,7 +27,7 @@ from app.serving.engine import Engine, InferenceThread
 from app.serving.health import SERVING_STATES, Health, WorkerState
 from app.serving.lifecycle import LoadFailureLog, exit_for_replacement
 from app.serving.model import LoadedModel
-from app.serving.model_swap import ModelSwapper
+from app.serving.model_swap import ModelSwapper, record_failed_load
 from app.serving.runner import Runner
 from app.settings import DeviceChoice, Settings
 
@@ -195,12 +195,10 @@ class Service:
     async def _load(self) -> None:
         facts = self.health.facts
         try:
-            settings = await self.swapper.startup_settings()
-            model = await self.thread.run(lambda: self.engine.load(settings))
-        except SleepwellError as exc:
-            self._load_failed(exc.message, exc)
+            # The published model if any; it falling back to ours is not a failure here.
+            model = await self.swapper.load_at_start(self._load_on_thread)
         except Exception as exc:
-            self._load_failed(f"{type(exc).__name__}: {exc}", exc)
+            self._load_failed(exc)
         else:
             self.load_failures.clear()
             metrics.MODEL_LOAD_SECONDS.set(model.load_seconds)
@@ -214,10 +212,12 @@ class Service:
             facts.loading = False
             self._waiters_released.set()
 
-    def _load_failed(self, reason: str, exc: BaseException) -> None:
+    async def _load_on_thread(self, settings: Settings) -> LoadedModel:
+        return await self.thread.run(lambda: self.engine.load(settings))
+
+    def _load_failed(self, exc: BaseException) -> None:
+        reason = record_failed_load(exc, f"configured model {self.settings.served_model_name!r}")
         self.health.facts.load_error = reason
-        logger.error("model load failed: %s", reason, exc_info=exc)
-        metrics.MODEL_LOAD_FAILURES.inc()
         if self.settings.worker_slot is None:
             return  # not under gunicorn: nobody would respawn us; stay up, unready
         # Under gunicorn a failed worker leaves the rotation: its siblings take the traffic,

@@ -158,9 +158,5 @@ def test_swap_that_cannot_apply_yet_is_unready_mismatch_then_converges(
     assert not_naming.status_code == 200  # the old model keeps serving meanwhile
     assert ready_after == [200] * 8
 
-
-def test_admin_endpoints_without_admin_key_are_off(demo_model_dir: Path) -> None:
-    with gunicorn_server() as server:
-        answer = httpx.post(server.url + "/admin/models/load", headers=ADMIN,
-                            json={"model": "x"})
-    assert answer.status_code == 404
+# Without an admin key the route is off (404): checked in-process, no gunicorn needed, in
+# tests/security/test_security_units.py (test_admin_model_load_of_the_real_app_...).
