@@ -18,10 +18,10 @@ from app.serving.gunicorn_support import (
     prepare_state_dir,
     visible_gpu_ids,
     wait_with_heartbeat,
-    worker_count,
     worker_environment,
 )
 from app.serving.respawn import EXIT_ALL_LOADS_FAILED, RespawnPolicy
+from app.serving.worker_sizing import plan_workers
 from app.settings import Settings
 
 _settings = Settings()
@@ -36,7 +36,10 @@ bind = [_settings.bind]
 # Protected mode: with no API keys, refuse a non-loopback bind right here, at config load,
 # long before gunicorn opens a socket (on_starting checks again, after command-line flags).
 enforce_protected_mode(_settings, bind)
-workers = worker_count(_settings, _gpu_ids)
+# One per GPU; on a CPU box two when the cores and memory this process may use allow
+# (app/serving/worker_sizing.py); on_starting logs what it was chosen from.
+_worker_plan = plan_workers(_settings, _gpu_ids)
+workers = _worker_plan.workers
 # Workers whose model fails to load exit; their slot is respawned with a backoff, and the
 # master exits (status 4) once every slot has failed SLEEPWELL_LOAD_ATTEMPTS times in a row.
 _respawn = RespawnPolicy(
@@ -71,6 +74,8 @@ def on_starting(server: Any) -> None:
     metrics_dir, state_dir = prepare_metrics_dir(_settings), prepare_state_dir(_settings)
     server.log.info("metrics directory %s; state directory %s; GPUs %s; workers %d",
                     metrics_dir, state_dir, _gpu_ids or "none", workers)
+    server.log.info("workers %d: %s", workers, _worker_plan.why,
+                    extra=_worker_plan.log_fields())
     # Directories we made ourselves (none configured) go away with the master.
     if _settings.prometheus_multiproc_dir is None:
         _made_dirs.append(metrics_dir)
@@ -99,7 +104,8 @@ def pre_fork(server: Any, worker: Any) -> None:
 
 
 def post_fork(server: Any, worker: Any) -> None:
-    os.environ.update(worker_environment(worker.sleepwell_slot, _gpu_ids, _settings, workers))
+    os.environ.update(worker_environment(worker.sleepwell_slot, _gpu_ids, _settings, workers,
+                                         _worker_plan.cores))
     server.log.info("worker %s has slot %s (GPU %s)", worker.pid, worker.sleepwell_slot,
                     os.environ.get("CUDA_VISIBLE_DEVICES", "none"))
     if worker.sleepwell_backoff_s > 0:

@@ -14,7 +14,11 @@ from fastapi.middleware.cors import CORSMiddleware
 from prometheus_fastapi_instrumentator import Instrumentator
 
 from app import __version__
-from app.api.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
+from app.api.middleware import (
+    BodySizeLimitMiddleware,
+    RequestIdMiddleware,
+    ServerTimingTotalMiddleware,
+)
 from app.api.openapi import install_openapi
 from app.api.routers import admin, health, images, jobs, metrics, models, ui
 from app.errors import install_error_handlers
@@ -90,6 +94,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.add_middleware(CORSMiddleware, **cors)
     app.add_middleware(AccessLogMiddleware, settings=settings)
     app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(ServerTimingTotalMiddleware)  # total: everything inside it
     app.add_middleware(ListeningSocketGate, check=listening)  # outermost: before any answer
     return app
 

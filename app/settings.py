@@ -38,7 +38,8 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     workers: int | None = Field(
-        None, ge=1, description="default: visible GPUs; on CPU 2 (1 on one core)"
+        None, ge=1, description="default: visible GPUs; on CPU 2, fewer if cores or memory "
+        "this process may use allow fewer (app/serving/worker_sizing.py)"
     )
     gpu_ids: str | None = Field(
         None, description="comma-separated GPU ids, one per worker; default: all visible"
@@ -58,6 +59,9 @@ class Settings(BaseSettings):
         None, description="directory shared by workers (desired model); gunicorn makes one"
     )
     log_file: Path | None = Field(None, description="also append JSON logs to this file")
+    # Where the kernel's cgroup files are read (CPU quota, memory limit: worker count and
+    # torch threads, app/serving/host_limits.py); tests point it at fake files.
+    cgroup_root: Path = Path("/sys/fs/cgroup")
     # Set per worker by gunicorn.conf.py: which GPU slot this worker owns.
     worker_slot: int | None = None
     cuda_visible_devices: str | None = Field(
@@ -269,7 +273,8 @@ class Settings(BaseSettings):
         None, description="Standard Webhooks secret (whsec_...); unset = webhooks refused"
     )
     webhook_allowed_hosts: str | None = Field(
-        None, description="comma-separated hosts allowed although loopback/private"
+        None, description="comma-separated names, addresses, CIDR networks allowed although "
+        "loopback/private (app/jobs/ssrf.py)"
     )
     webhook_timeout_s: float = Field(10.0, gt=0, description="per delivery attempt")
     webhook_max_attempts: int = Field(8, ge=1, le=30)

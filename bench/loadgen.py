@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import statistics
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 
 import httpx
+
+_TOTAL = re.compile(r"\btotal;dur=([\d.]+)")
 
 
 @dataclass
@@ -17,6 +20,8 @@ class LoadResult:
     latencies: list[float] = field(default_factory=list)
     statuses: Counter[int | str] = field(default_factory=Counter)
     images: int = 0
+    # Server-Timing "total" of each 200 answer (s): the server's side of its latency.
+    server_totals: list[float] = field(default_factory=list)
 
     @property
     def images_per_s(self) -> float:
@@ -59,6 +64,9 @@ async def run_load(
                 if response.status_code == 200:
                     result.latencies.append(time.monotonic() - sent)
                     result.images += len(response.json()["data"])
+                    total = _TOTAL.search(response.headers.get("server-timing", ""))
+                    if total:
+                        result.server_totals.append(float(total.group(1)) / 1000)
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
     result.seconds = time.monotonic() - started

@@ -17,7 +17,12 @@ each run measures, one after the other while the other side idles:
 (c) where the CPU went in each concurrency-8 window (bench/cpu_account.py): the shares of
     the machine taken by the worker's model threads (inference, OpenMP, encoding), its
     event loop, the load generator and the prober, and the model threads' CPU per image
-    against the raw loop's at its best batch.
+    against the raw loop's at its best batch;
+(d) the server's side of the latency: the ``total`` of each answer's Server-Timing (from
+    the outermost middleware receiving the request to the answer's start), p50 and mean,
+    beside the client's, at c=1 and c=8 (unprobed): the difference is the HTTP path
+    outside the app, the client and the handoffs between them, on the same 2 cores.
+"Cores" are those this process may use (affinity, CPU quota: app/serving/host_limits.py).
 Alternating the two sides within a run keeps the machine's drift (which on this box is
 larger than the gaps measured) out of the ratios. Ratios, per run, then median (min-max):
 c=1 p50 / raw batch-1 p50 at the threads a lone request gets, every core by default
@@ -32,7 +37,6 @@ import argparse
 import asyncio
 import http.client
 import multiprocessing
-import os
 import statistics
 import sys
 import time
@@ -49,13 +53,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from app.serving.gunicorn_support import cpu_threads_per_worker  # noqa: E402
+from app.serving.host_limits import usable_cores  # noqa: E402
 from app.settings import Settings  # noqa: E402
 from bench.cpu_account import CpuShares, WorkerSnapshot, self_cpu_s  # noqa: E402
-from bench.loadgen import print_table, run_load  # noqa: E402
+from bench.loadgen import LoadResult, print_table, run_load  # noqa: E402
 from tests.support.server import DEMO_MODEL_DIR, gunicorn_server  # noqa: E402
 
 BATCHES = (1, 2, 4, 8)
-CORES = os.cpu_count() or 1
+CORES = usable_cores()
 Sweep = dict[int, tuple[float, float, float]]  # batch -> (images/s, p50 s/call, CPU s/image)
 
 
@@ -201,10 +206,21 @@ def measure_config(workers: int, threads: int | None, args: argparse.Namespace,
                 unprobed = asyncio.run(run_load(url, body, 8, 100_000, args.seconds))
                 runs.append({"sweep": sweep, "alone_p50": alone[1], "c1_p50": single.p50,
                              "c8": rate, "health_p99": health_p99, "cpu": shares,
-                             "c8_unprobed": unprobed.images_per_s})
+                             "c8_unprobed": unprobed.images_per_s,
+                             "c1_sides": sides(single), "c8_sides": sides(unprobed)})
     finally:
         raw.close()
     return runs
+
+
+def sides(result: LoadResult) -> dict[str, float]:
+    """Client and server (Server-Timing total) latency, p50 and mean, in ms."""
+    def ms(values: list[float], stat: Callable[[list[float]], float]) -> float:
+        return stat(values) * 1000 if values else float("nan")
+    return {"client_p50": ms(result.latencies, statistics.median),
+            "client_mean": ms(result.latencies, statistics.fmean),
+            "server_p50": ms(result.server_totals, statistics.median),
+            "server_mean": ms(result.server_totals, statistics.fmean)}
 
 
 def parse_config(text: str) -> tuple[int, int | None]:
@@ -221,7 +237,7 @@ def threads_of(workers: int, threads: int | None) -> int:
 def threads_label(workers: int) -> str:
     if workers == 1:
         return f"{CORES}"
-    return f"cores / busy workers, {cpu_threads_per_worker(workers)}-{CORES}"
+    return f"cores / busy workers, {cpu_threads_per_worker(workers, CORES)}-{CORES}"
 
 
 def main() -> None:
@@ -271,6 +287,20 @@ def print_report(args: argparse.Namespace, results: dict[str, list[dict[str, Any
                  "c=8 images/s", "/ raw best (>= 0.9)", "health p99 ms (c=8)",
                  "c=8 unprobed / raw best"], rows)
     print_cpu_report(results)
+    print_server_side_report(results)
+
+
+def print_server_side_report(results: dict[str, list[dict[str, Any]]]) -> None:
+    rows: list[list[object]] = []
+    for config, runs in results.items():
+        for load in ("c1_sides", "c8_sides"):
+            figures = [run[load] for run in runs]
+            rows.append([f"{config} c={load[1]}", *(
+                spread([figure[name] for figure in figures], 1)
+                for name in ("client_p50", "server_p50", "client_mean", "server_mean"))])
+            rows[-1].append(spread([f["client_p50"] - f["server_p50"] for f in figures], 1))
+    print_table(["(d) latency ms", "client p50", "server total p50", "client mean",
+                 "server total mean", "client - server p50"], rows)
 
 
 def print_cpu_report(results: dict[str, list[dict[str, Any]]]) -> None:

@@ -1,4 +1,5 @@
-"""Pure-ASGI middleware: request ids and the body size limit (auth: app/security/guard.py).
+"""Pure-ASGI middleware: request ids, Server-Timing's total and the body size limit (auth:
+app/security/guard.py).
 
 Pure ASGI rather than BaseHTTPMiddleware, so ``receive`` keeps delivering the client's
 ``http.disconnect``, which is how a generation learns that nobody is waiting any more.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 import uuid
 from collections.abc import MutableMapping
 from typing import Any
@@ -49,6 +51,38 @@ class RequestIdMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_with_id)
+
+
+class ServerTimingTotalMiddleware:
+    """Close an answer's ``Server-Timing`` (queue, inference, encode: the images handler)
+    with ``total``: from this middleware receiving the request to the response's start, so
+    everything inside (other middleware, validation, handoffs) is in it. Outermost but for
+    the socket gate, so a bench can put it beside its client-side latency."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.monotonic()
+
+        async def send_with_total(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = _with_total(message.get("headers", []), started)
+            await send(message)
+
+        await self.app(scope, receive, send_with_total)
+
+
+def _with_total(headers: list[tuple[bytes, bytes]], started: float) -> list[tuple[bytes, bytes]]:
+    """Append ``total;dur=MS`` to a Server-Timing header there is; no header, no change."""
+    for index, (name, value) in enumerate(headers):
+        if name.lower() == b"server-timing":
+            total = f", total;dur={(time.monotonic() - started) * 1000:.1f}".encode()
+            return [*headers[:index], (name, value + total), *headers[index + 1 :]]
+    return headers
 
 
 class BodySizeLimitMiddleware:

@@ -11,6 +11,11 @@ all than cores for longer than one step.
 The workers share a small file in the state directory: one 8-byte slot per worker, its
 pid while it runs a call, 0 otherwise. A worker killed mid-call leaves its pid behind;
 a pid that no longer exists counts as idle, so nobody waits for a respawn to clear it.
+
+``cores`` are those the worker may use (affinity, cgroup CPU quota:
+app/serving/host_limits.py), not the host's. The table belongs to one gunicorn master:
+another master on the same box counts only its own workers, so give each master its own
+cores (README "Adaptive threads").
 """
 
 from __future__ import annotations

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import os
 import queue
 import threading
 import time
@@ -26,6 +25,7 @@ from app.serving.cpu_share import CpuShare
 from app.serving.encoding import to_uint8
 from app.serving.faults import FaultInjector, FaultPlan, check_load_fault, plan_for
 from app.serving.generation import Generation
+from app.serving.host_limits import usable_cores
 from app.serving.model import LoadedModel, load_model, vram_budget
 from app.serving.outcomes import Outcome
 from app.settings import Settings
@@ -112,14 +112,24 @@ class Engine:
         self.progress = Progress()
         self.faults = FaultInjector()
         self.model: LoadedModel | None = None
-        self.cpu_share = _cpu_share(settings)
+        # Cores this process may use (affinity, CPU quota), and torch's thread count as the
+        # inference thread last read it: OpenMP's count belongs to the thread that sets it.
+        self.cores = usable_cores(settings.cgroup_root)
+        self.torch_threads: int | None = None
+        self.cpu_share = _cpu_share(settings, self.cores, self._set_torch_threads)
 
     def load(self, settings: Settings | None = None) -> LoadedModel:
         settings = settings or self.settings
         check_load_fault(settings.fault_injection, settings.fault_load_failure_slots,
                          settings.worker_slot)
         self.model = load_model(settings)
+        self.torch_threads = torch.get_num_threads()  # as loading left it, on this thread
         return self.model
+
+    def _set_torch_threads(self, threads: int) -> None:
+        """On the inference thread (a pipeline call or a step): take ``threads`` for torch."""
+        torch.set_num_threads(threads)
+        self.torch_threads = torch.get_num_threads()
 
     def install(self, model: LoadedModel) -> str | None:
         """Swap the serving model; the old one's name. On the inference thread: never mid-batch.
@@ -239,13 +249,14 @@ class Engine:
         return on_step_end
 
 
-def _cpu_share(settings: Settings) -> CpuShare | None:
+def _cpu_share(settings: Settings, cores: int,
+               set_threads: Callable[[int], None]) -> CpuShare | None:
     """The shared busy table when gunicorn asked for adaptive threads (several CPU workers)."""
     if not settings.adaptive_threads or settings.state_dir is None or settings.worker_slot is None:
         return None
     try:
-        return CpuShare(settings.state_dir / "cpu-share", settings.worker_slot,
-                        os.cpu_count() or 1, torch.set_num_threads)
+        return CpuShare(settings.state_dir / "cpu-share", settings.worker_slot, cores,
+                        set_threads)
     except (OSError, ValueError) as exc:  # serve with the static share rather than not at all
         logger.warning("adaptive torch threads off: %s", exc)
         return None

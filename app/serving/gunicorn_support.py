@@ -14,10 +14,11 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from app.serving.host_limits import usable_cores
+from app.serving.worker_sizing import plan_workers
 from app.settings import Settings
 
 logger = logging.getLogger("sleepwell.gunicorn")
-CPU_DEFAULT_WORKERS = 2
 
 
 def visible_gpu_ids(settings: Settings) -> list[str]:
@@ -43,18 +44,9 @@ def _nvml_device_count() -> int:
 
 
 def worker_count(settings: Settings, gpu_ids: list[str]) -> int:
-    """One worker per GPU; on a CPU box two (when it has two cores or more).
-
-    Two CPU workers with adaptive threads (app/serving/cpu_share.py) answer a lone image
-    as fast as one worker with every core and serve about 1.1x the raw loop under load,
-    where one worker serves 0.87x (bench/throughput.py, README "Performance"). The price
-    is a second model copy in memory; SLEEPWELL_WORKERS=1 halves it.
-    """
-    if settings.workers is not None:
-        return settings.workers
-    if gpu_ids:
-        return len(gpu_ids)
-    return min(CPU_DEFAULT_WORKERS, os.cpu_count() or 1)
+    """One worker per GPU; on a CPU box two when cores and memory allow (see
+    app/serving/worker_sizing.py, which also says why, for the startup log)."""
+    return plan_workers(settings, gpu_ids).workers
 
 
 def free_slot(used: Iterable[int | None], slots: int) -> int:
@@ -65,31 +57,35 @@ def free_slot(used: Iterable[int | None], slots: int) -> int:
 
 
 def worker_environment(
-    slot: int, gpu_ids: list[str], settings: Settings, workers: int
+    slot: int, gpu_ids: list[str], settings: Settings, workers: int, cores: int | None = None
 ) -> dict[str, str]:
-    """Environment a worker in ``slot`` needs: its GPU, its slot, its share of the cores,
-    and how many workers there are (it sheds keep-alive connections only with siblings)."""
+    """Environment a worker in ``slot`` needs: its GPU, its slot, its share of the ``cores``
+    it may use (default: this process's, app/serving/host_limits.py), and how many workers
+    there are (it sheds keep-alive connections only with siblings)."""
     env = {"SLEEPWELL_WORKER_SLOT": str(slot), "SLEEPWELL_WORKERS": str(workers)}
     if gpu_ids:
         env["CUDA_VISIBLE_DEVICES"] = gpu_ids[slot % len(gpu_ids)]
     if settings.torch_threads is None:
         # The static share is what a worker loads and warms up with (no oversubscription
         # while siblings load side by side); with siblings it then adapts per step.
-        env["SLEEPWELL_TORCH_THREADS"] = str(cpu_threads_per_worker(workers))
+        usable = cores if cores is not None else usable_cores(settings.cgroup_root)
+        env["SLEEPWELL_TORCH_THREADS"] = str(cpu_threads_per_worker(workers, usable))
         if workers > 1:
             env["SLEEPWELL_ADAPTIVE_THREADS"] = "1"
     return env
 
 
-def cpu_threads_per_worker(workers: int) -> int:
-    """Each worker's share of the cores: all of them for one worker, one each for one per core.
+def cpu_threads_per_worker(workers: int, cores: int) -> int:
+    """Each worker's share of the cores it may use: all of them for one worker, one each for
+    one per core.
 
     Chosen by measurement (bench/throughput.py, 2 cores, 3 runs; README "Performance"):
     one worker with 2 threads served more than with 1 and kept health p99 in the same range;
     keeping a core "free" cost 27-30 %. More threads than cores (oversubscription) is what
-    stalls OpenMP, so the shares never add up to more than the cores.
+    stalls OpenMP, so the shares never add up to more than the cores. ``cores`` are those
+    this process may run on (affinity, CPU quota), never the host's.
     """
-    return max(1, (os.cpu_count() or 1) // workers)
+    return max(1, cores // workers)
 
 
 def wait_with_heartbeat(seconds: float, heartbeat: Callable[[], None]) -> None:

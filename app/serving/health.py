@@ -150,6 +150,10 @@ class Health:
             "failure_streak": self.runner.failure_streak,
             "last_error": self.facts.last_error or self.facts.load_error,
             "last_swap_error": self.facts.swap_error,
-            "worker": {"pid": os.getpid(), "slot": self.settings.worker_slot},
+            # torch_threads: as the inference thread last set it (adaptive: cores / busy
+            # workers); cores: those this process may use (affinity, CPU quota).
+            "worker": {"pid": os.getpid(), "slot": self.settings.worker_slot,
+                       "torch_threads": self.engine.torch_threads,
+                       "cores": self.engine.cores},
         }
         return healthy, body
