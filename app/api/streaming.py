@@ -16,8 +16,10 @@ OpenAI's image-generation streaming, so the OpenAI SDK's ``stream=True`` reads t
 Errors found before the stream starts (bad input, not ready, queue full, keys, limits) are
 ordinary JSON error responses: this response is only built after admission succeeded.
 Closing the connection cancels the run: the client's ``http.disconnect`` reaches the
-runner's cancel path, and the engine stops at the next denoising step. Outcomes are counted
-by the runner's ``settle`` alone; the access log gets the outcome through the scope state.
+runner's cancel path, and the engine stops at the next denoising step. A client that leaves
+once the images exist stops the stream too: no image is encoded for nobody. Outcomes are
+counted by the runner's ``settle`` alone; the access log gets the outcome through the scope
+state, and ``client_left`` (with ``images_sent``) when the client went away before the end.
 """
 
 from __future__ import annotations
@@ -114,13 +116,15 @@ class GenerationEventStream(Response):
         self.generation = generation
         self.size = f"{generation.params.width}x{generation.params.height}"
         self.encode_seconds: float | None = None
+        self.images_sent = 0
+        self.client_left = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
         disconnected = asyncio.create_task(_client_disconnected(receive))
         try:
             if await self._follow(send, disconnected):
-                await self._finish(send)
+                await self._finish(send, disconnected)
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         except OSError:  # the client went away mid-send (uvicorn drops such sends instead)
             pass
@@ -146,13 +150,19 @@ class GenerationEventStream(Response):
                 last, last_sent = shown, now
             timeout = min(_POLL_S, max(0.0, generation.deadline - now))
             await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-            if disconnected.done():
+            if self._client_gone(disconnected):
                 return False
             if time.monotonic() >= generation.deadline and not generation.future.done():
                 self.runner.cancel(generation, deadline_exceeded(generation))
-        return True
+        return not self._client_gone(disconnected)  # answered as the client left: no one to tell
 
-    async def _finish(self, send: Send) -> None:
+    def _client_gone(self, disconnected: asyncio.Task[None]) -> bool:
+        """Whether the client has closed the connection; noted for the access line."""
+        if disconnected.done():
+            self.client_left = True
+        return self.client_left
+
+    async def _finish(self, send: Send, disconnected: asyncio.Task[None]) -> None:
         """The images, one event each, or the error the generation ended with."""
         generation = self.generation
         error = generation.future.exception()
@@ -161,7 +171,7 @@ class GenerationEventStream(Response):
             return
         await _send_body(send, sse(PROGRESS_EVENT, progress_of(generation, self.runner)))
         try:
-            await self._send_images(send, generation.future.result())
+            await self._send_images(send, generation.future.result(), disconnected)
         except Exception:
             request_id = generation.request_id
             logger.exception("streaming the images failed request_id=%s", request_id)
@@ -170,17 +180,24 @@ class GenerationEventStream(Response):
                 f"{request_id})."
             )))
 
-    async def _send_images(self, send: Send, images: list[Any]) -> None:
+    async def _send_images(
+        self, send: Send, images: list[Any], disconnected: asyncio.Task[None]
+    ) -> None:
+        """One event per image, each encoded just before it is sent; none once the client
+        has left (uvicorn drops sends to a closed connection without a word)."""
         generation = self.generation
         output_format = generation.params.output_format
         started = time.monotonic()
         for index, (image, seed) in enumerate(zip(images, generation.seeds, strict=True)):
+            if self._client_gone(disconnected):
+                break
             (b64,) = await self.encoder.encode([image], output_format)
             await _send_body(send, sse(COMPLETED_EVENT, {
                 "b64_json": b64, "created_at": int(time.time()), "size": self.size,
                 "quality": "auto", "background": "opaque", "output_format": output_format.value,
                 "index": index, "seed": seed,
             }))
+            self.images_sent += 1
         self.encode_seconds = time.monotonic() - started
 
     def _access_fields(self) -> dict[str, Any]:
@@ -195,6 +212,8 @@ class GenerationEventStream(Response):
         }
         if self.encode_seconds is not None:
             fields["encode_ms"] = round(self.encode_seconds * 1000, 1)
+        if self.client_left:
+            fields.update(client_left=True, images_sent=self.images_sent)
         return fields
 
 

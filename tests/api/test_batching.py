@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from tests.support.server import RunningServer, gunicorn_server
+from tests.support.waiting import wait_until
 
 GENERATE = "/v1/images/generations"
 BATCH_WAIT_MS = 3000
@@ -22,7 +23,8 @@ BATCH_WAIT_MS = 3000
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[RunningServer]:
-    env = {"SLEEPWELL_BATCH_WAIT_MS": str(BATCH_WAIT_MS), "SLEEPWELL_REQUEST_TIMEOUT_S": "60"}
+    env = {"SLEEPWELL_BATCH_WAIT_MS": str(BATCH_WAIT_MS), "SLEEPWELL_REQUEST_TIMEOUT_S": "60",
+           "SLEEPWELL_FAULT_INJECTION": "true"}
     with gunicorn_server(env) as running:
         yield running
 
@@ -56,19 +58,30 @@ def test_batching_request_after_a_finished_stream_never_pays_the_batch_wait(serv
 def test_batching_request_queued_behind_a_run_waits_for_company(server) -> None:
     """Queued while another run goes on, it is dispatched as that run's answer goes out:
     the likeliest moment for that client's next request, so it waits to share a call."""
+    # At least 4 s of sleep and few steps of compute: long enough to queue behind on any
+    # machine, short enough for the deadline under a CPU hog (50 steps once took > 60 s).
+    long_run = {"prompt": "[[slow=0.25]] a long run", "size": "64x64", "stream": True,
+                "num_inference_steps": 16}
     with ThreadPoolExecutor(1) as pool, httpx.stream(
-        "POST", server.url + GENERATE, timeout=60,
-        json={"prompt": "a long run", "size": "64x64", "stream": True,
-              "num_inference_steps": 50},
+        "POST", server.url + GENERATE, timeout=60, json=long_run,
     ) as answer:
         lines = answer.iter_lines()
         for line in lines:  # until the long run is on the inference thread
             if '"phase":"running"' in line:
                 break
         queued = pool.submit(generate, server)
+        # Queued while the long run still runs: the order under test, observed, not hoped.
+        health = wait_until(lambda: health_with(server, queue_depth=1), 30,
+                            what="the second request queued")
+        assert health["inflight"] == 1, health
         assert any("image_generation.completed" in line for line in lines)
         wait = queue_ms(queued.result(timeout=60))
     assert wait >= BATCH_WAIT_MS * 0.9, wait
+
+
+def health_with(server: RunningServer, **wanted: int) -> dict[str, object] | None:
+    health: dict[str, object] = httpx.get(server.url + "/health", timeout=10).json()
+    return health if all(health[name] == count for name, count in wanted.items()) else None
 
 
 def test_batching_single_worker_keeps_keepalive_connections_while_busy(server) -> None:

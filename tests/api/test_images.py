@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
-import threading
+import contextlib
+import json
+import socket
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -17,6 +19,9 @@ from tests.support.waiting import wait_until
 
 GENERATE = "/v1/images/generations"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+# Room for requests queued behind a slow run under a CPU hog (10 s once gave a 504, 20 s
+# too beside other suites); the deadline test has a server of its own (conftest.py).
+TIMEOUT_S = 60
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +30,7 @@ def server() -> Iterator[RunningServer]:
         "SLEEPWELL_FAULT_INJECTION": "true",
         "SLEEPWELL_MAX_QUEUE": "2",
         "SLEEPWELL_MAX_STEPS": "1000",
-        "SLEEPWELL_REQUEST_TIMEOUT_S": "10",
+        "SLEEPWELL_REQUEST_TIMEOUT_S": str(TIMEOUT_S),
         "SLEEPWELL_MAX_BODY_BYTES": "65536",
         "SLEEPWELL_MAX_REQUEST_PIXELS": "16384",
     }
@@ -182,22 +187,30 @@ def test_generate_inference_failure_answers_500_without_traceback(server) -> Non
 
 
 def test_generate_event_loop_answers_health_during_long_generation(server) -> None:
-    finished = threading.Event()
-
-    def long_generation() -> None:
-        generate(server, prompt="[[slow=0.05]] patience", num_inference_steps=40)
-        finished.set()
-
-    worker = threading.Thread(target=long_generation)
-    worker.start()
-    wait_for_health(server, "inflight", 1)  # the generation holds the inference thread
-    answers = [httpx.get(server.url + "/health/live", timeout=5).status_code for _ in range(5)]
-    assert not finished.is_set(), "generation ended before health was asked"
+    # Far longer than the deadline: it holds the inference thread until its client leaves.
+    with held_generation(server, "[[slow=0.05]] patience"):
+        wait_for_health(server, "inflight", 1)  # the generation holds the inference thread
+        answers = [httpx.get(server.url + "/health/live", timeout=5).status_code
+                   for _ in range(5)]
+        still_running = httpx.get(server.url + "/health").json()["inflight"]
     assert answers == [200] * 5
-    worker.join(30)
+    assert still_running == 1, "the generation ended before health was asked"
+    wait_for_health(server, "inflight", 0)  # its client left: it stops at the next step
 
 
-def wait_for_health(server: RunningServer, field: str, wanted: int, timeout: float = 10) -> None:
+@contextlib.contextmanager
+def held_generation(server: RunningServer, prompt: str) -> Iterator[socket.socket]:
+    """A plain (not streamed) request of 1000 steps, in flight until the block ends; the
+    client then closes its connection, which cancels the run at its next step."""
+    payload = json.dumps({"prompt": prompt, "size": "64x64", "num_inference_steps": 1000})
+    head = (f"POST {GENERATE} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(payload)}\r\n\r\n")
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall((head + payload).encode())
+        yield sock
+
+
+def wait_for_health(server: RunningServer, field: str, wanted: int, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while httpx.get(server.url + "/health").json()[field] != wanted:
         assert time.monotonic() < deadline, f"/health {field} never reached {wanted}"
@@ -205,7 +218,9 @@ def wait_for_health(server: RunningServer, field: str, wanted: int, timeout: flo
 
 
 def test_generate_full_queue_answers_429_with_retry_after(server) -> None:
-    slow = {"prompt": "[[slow=0.3]] slow", "num_inference_steps": 10}
+    # Mostly sleep, little compute: it outlasts the few requests below on any machine, and
+    # the two queued behind it stay far inside their deadline under a CPU hog.
+    slow = {"prompt": "[[slow=1]] slow", "num_inference_steps": 3}
     with ThreadPoolExecutor(4) as pool:
         running = pool.submit(generate, server, **slow)
         wait_for_health(server, "inflight", 1)  # on the inference thread: the queue is empty
@@ -222,8 +237,12 @@ def test_generate_full_queue_answers_429_with_retry_after(server) -> None:
 def test_generate_client_disconnect_stops_generation_early(server) -> None:
     steps_before = scrape(server.url, "inference_steps_total")
     cancelled_before = scrape(server.url, "image_generation_total", status="cancelled")
-    with pytest.raises(httpx.ReadTimeout):
-        generate(server, num_inference_steps=1000, timeout=1.0)  # the client gives up after 1 s
+    with held_generation(server, "a lighthouse") as sock:
+        wait_until(lambda: scrape(server.url, "inference_steps_total") > steps_before, 30,
+                   period=0.1, what="the run's first step")
+        sock.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            sock.recv(1)  # no answer yet: the client leaves mid-run
     wait_until(lambda: scrape(server.url, "image_generation_total", status="cancelled")
                > cancelled_before, 10, period=0.1, what="the cancel counted")
     wait_for_health(server, "inflight", 0)  # the run has stopped: steps no longer grow
@@ -233,10 +252,12 @@ def test_generate_client_disconnect_stops_generation_early(server) -> None:
     assert 0 < steps_run < 1000
 
 
-def test_generate_past_deadline_answers_504_and_stops(server) -> None:
+def test_generate_past_deadline_answers_504_and_stops(short_deadline_server) -> None:
+    server = short_deadline_server
     timeouts_before = scrape(server.url, "image_generation_total", status="timeout")
     steps_before = scrape(server.url, "inference_steps_total")
-    response = generate(server, prompt="[[slow=0.02]] long", num_inference_steps=1000)
+    # 1000 steps of at least 0.05 s: 50 s of sleep alone, well past the deadline.
+    response = generate(server, prompt="[[slow=0.05]] long", num_inference_steps=1000)
     assert response.status_code == 504
     assert response.json()["error"]["code"] == "deadline_exceeded"
     wait_for_health(server, "inflight", 0)  # the run has stopped at its next step

@@ -5,7 +5,10 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
+import socket
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,19 +16,26 @@ import httpx
 import pytest
 from PIL import Image
 
+from tests.support.access_log import access_entries
 from tests.support.scrape import value
 from tests.support.server import RunningServer, gunicorn_server
 from tests.support.waiting import wait_until
 
 GENERATE = "/v1/images/generations"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-# Long enough for a run queued behind another under a CPU hog (make test-stress saw > 8 s).
-TIMEOUT_S = 20
+# Long enough for a run queued behind another under a CPU hog (make test-stress saw > 8 s);
+# the deadline test has a server of its own (conftest.py), so a long one costs nothing.
+TIMEOUT_S = 60
+
+
+# More images than the sockets can buffer for a client that reads nothing (below).
+MANY_IMAGES = 16
 
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[RunningServer]:
-    env = {"SLEEPWELL_FAULT_INJECTION": "true", "SLEEPWELL_REQUEST_TIMEOUT_S": str(TIMEOUT_S)}
+    env = {"SLEEPWELL_FAULT_INJECTION": "true", "SLEEPWELL_REQUEST_TIMEOUT_S": str(TIMEOUT_S),
+           "SLEEPWELL_MAX_IMAGES": str(MANY_IMAGES)}
     with gunicorn_server(env) as running:
         yield running
 
@@ -71,9 +81,31 @@ def counts(server: RunningServer) -> dict[str, float]:
 
 
 def access_lines(server: RunningServer, request_id: str) -> list[dict[str, Any]]:
-    lines = [json.loads(line) for line in server.log().splitlines() if line.startswith("{")]
-    return [line for line in lines
-            if line.get("logger") == "sleepwell.access" and line.get("request_id") == request_id]
+    return [line for line in access_entries(server.log()) if line.get("request_id") == request_id]
+
+
+def stream_until_first_image(server: RunningServer, **fields: Any) -> tuple[str, int]:
+    """Open a stream on a socket with a tiny receive buffer, read until the first image
+    event begins, then close it: (request id, bytes read). The server can push only what
+    the sockets buffer, a few images at most, before the client is gone."""
+    payload = json.dumps(body(**fields)).encode()
+    head = (f"POST {GENERATE} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(payload)}\r\n\r\n").encode()
+    received = b""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: fixed
+        sock.settimeout(TIMEOUT_S)
+        sock.connect(("127.0.0.1", server.port))
+        sock.sendall(head + payload)
+        deadline = time.monotonic() + TIMEOUT_S
+        while b"event: image_generation.completed" not in received:  # bounded: deadline
+            assert time.monotonic() < deadline, received[-500:]
+            chunk = sock.recv(1024)
+            assert chunk, f"closed before any image: {received[-500:]!r}"
+            received += chunk
+    found = re.search(rb"x-request-id: (\w+)", received, re.IGNORECASE)
+    assert found, received[:500]
+    return found.group(1).decode(), len(received)
 
 
 
@@ -149,6 +181,18 @@ def test_stream_client_disconnect_stops_the_run_at_the_next_step(server) -> None
     assert line["outcome"] == "cancelled"
 
 
+def test_stream_client_gone_once_answered_encodes_and_sends_no_more_images(server) -> None:
+    """Uvicorn drops sends to a closed connection without a word: the stream itself must
+    see the client leave, or it encodes every remaining image for nobody."""
+    before = counts(server)
+    request_id, _ = stream_until_first_image(server, n=MANY_IMAGES, num_inference_steps=1)
+    [line] = wait_until(lambda: access_lines(server, request_id), 30, what="the access line")
+    print(f"client left; {line.get('images_sent')} of {MANY_IMAGES} images were sent")
+    assert line["outcome"] == "success" and line["client_left"] is True, line
+    assert 1 <= line["images_sent"] < MANY_IMAGES, line
+    assert counts(server)["success"] == before["success"] + 1  # answered once, counted once
+
+
 def test_stream_failure_after_start_becomes_an_error_event(server) -> None:
     before = counts(server)
     answer, events = stream(server, prompt="[[fail]] broken")
@@ -160,7 +204,8 @@ def test_stream_failure_after_start_becomes_an_error_event(server) -> None:
     assert counts(server)["failed"] == before["failed"] + 1
 
 
-def test_stream_past_its_deadline_ends_with_a_504_error_event(server) -> None:
+def test_stream_past_its_deadline_ends_with_a_504_error_event(short_deadline_server) -> None:
+    server = short_deadline_server
     before = counts(server)
     _, events = stream(server, prompt="[[slow=1]] too slow", num_inference_steps=60)
     [error] = of(events, "error")

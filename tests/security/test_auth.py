@@ -11,7 +11,9 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.support.access_log import wait_for_access_lines
 from tests.support.server import RunningServer, gunicorn_server
+from tests.support.waiting import wait_until
 
 ENV_KEYS = ("sk-env-one-4471", "sk-env-two-9902")
 FILE_KEY = "sk-file-one-3318"
@@ -140,9 +142,9 @@ def test_logs_keep_prompt_hash_and_timings_but_no_key_prompt_or_image(server) ->
     request_id = response.headers["x-request-id"]
     image_chunk = response.json()["data"][0]["b64_json"][100:160]
     httpx.get(server.url + "/metrics", headers=bearer(METRICS_TOKEN))
+    line = wait_for_access_lines(server, [request_id])[request_id]
     log = server.log()
-    line = next(entry for entry in json_lines(log)
-                if entry.get("request_id") == request_id and entry["message"] == "request")
+    assert line["message"] == "request"
     assert line["status"] == 200 and line["method"] == "POST" and line["path"] == GENERATE
     assert line["pid"] in server.worker_pids() and line["model"]
     assert line["prompt_chars"] == len(PROMPT)
@@ -154,12 +156,14 @@ def test_logs_keep_prompt_hash_and_timings_but_no_key_prompt_or_image(server) ->
 
 
 def test_logs_every_line_is_json_in_stdout_and_the_rotating_file(server) -> None:
-    httpx.get(server.url + "/health/live")
+    probe_id = httpx.get(server.url + "/health/live").headers["x-request-id"]
+    wait_for_access_lines(server, [probe_id])
     entries = json_lines(server.log())  # raises on any plain line
     loggers = {entry["logger"] for entry in entries}
     assert {"gunicorn.error", "uvicorn.error", "sleepwell.access"} <= loggers
     assert all("pid" in entry and "time" in entry and "level" in entry for entry in entries)
     log_file = Path(server.env["SLEEPWELL_LOG_FILE"])
+    wait_until(lambda: probe_id in log_file.read_text(), 15, what="the access line in the file")
     in_file = json_lines(log_file.read_text())
     assert {"gunicorn.error", "sleepwell.access"} <= {entry["logger"] for entry in in_file}
     assert not any(secret in log_file.read_text() for secret in SECRETS)

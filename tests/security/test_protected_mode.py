@@ -34,8 +34,16 @@ GUNICORN = [str(VENV_BIN / "gunicorn"), "-c", str(ROOT / "gunicorn.conf.py")]
 def _isolated(argv: list[str]) -> list[str]:
     unshare = shutil.which("unshare")
     if unshare is None or subprocess.run([unshare, "-n", "true"], check=False).returncode:
-        pytest.skip("needs 'unshare -n' (a private network namespace) to bind 0.0.0.0 safely")
+        reason = "needs 'unshare -n' (a private network namespace) to bind 0.0.0.0 safely"
+        if in_ci():  # CI runs as root with iproute2 installed: a skip there hides a failure
+            pytest.fail(f"{reason}; CI must be able to run it (CI={os.environ['CI']})")
+        pytest.skip(reason)
     return [unshare, "-n", *argv]
+
+
+def in_ci() -> bool:
+    """CI sets CI=true (GitHub Actions, GitLab, most others)."""
+    return os.environ.get("CI", "").strip().lower() in {"true", "1", "yes"}
 
 
 def _env(extra: dict[str, str]) -> dict[str, str]:
@@ -125,10 +133,12 @@ def _in_private_network(argv: list[str]) -> list[str]:
     reaches the server there, nothing outside does. Without unshare/ip (no root), the
     probe runs here: a 0.0.0.0 bind on a free port for seconds."""
     unshare, ip = shutil.which("unshare"), shutil.which("ip")
-    if unshare is None or ip is None:
-        return argv
-    if subprocess.run([unshare, "-n", ip, "link", "set", "lo", "up"], check=False,
-                      capture_output=True).returncode:
+    if unshare is None or ip is None or subprocess.run(
+        [unshare, "-n", ip, "link", "set", "lo", "up"], check=False, capture_output=True
+    ).returncode:
+        if in_ci():  # CI runs as root with iproute2: it must never bind 0.0.0.0 for real
+            pytest.fail("'unshare -n' with 'ip link set lo up' must work in CI "
+                        f"(CI={os.environ['CI']}); .ci/run installs iproute2")
         return argv
     return [unshare, "-n", "sh", "-c", f'{ip} link set lo up && exec "$@"', "sh", *argv]
 

@@ -6,7 +6,6 @@ Client addresses are simulated with X-Forwarded-For, which uvicorn honours from 
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -15,6 +14,7 @@ import httpx
 import pytest
 
 from tests.security.conftest import redis_namespace
+from tests.support.access_log import wait_for_access_lines
 from tests.support.server import RunningServer, gunicorn_server
 
 KEYS = ("sk-rate-a", "sk-rate-b", "sk-rate-c", "sk-rate-d")
@@ -43,14 +43,9 @@ def call(server: RunningServer, key: str, ip: str, path: str = "/v1/models") -> 
 
 
 def worker_of(server: RunningServer, responses: list[httpx.Response]) -> dict[str, int]:
-    ids = {response.headers["x-request-id"] for response in responses}
-    pids = {}
-    for line in server.log().splitlines():
-        if line.startswith("{") and '"sleepwell.access"' in line:
-            entry = json.loads(line)
-            if entry.get("request_id") in ids:
-                pids[entry["request_id"]] = entry["pid"]
-    return pids
+    ids = [response.headers["x-request-id"] for response in responses]
+    return {request_id: entry["pid"]
+            for request_id, entry in wait_for_access_lines(server, ids).items()}
 
 
 def test_ratelimit_per_key_is_shared_across_workers(server) -> None:

@@ -9,13 +9,13 @@ directly. X-Forwarded-For values are documentation addresses, never contacted.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
 from tests.security.conftest import redis_namespace
+from tests.support.access_log import wait_for_access_lines
 from tests.support.server import RunningServer, gunicorn_server
 
 LIMIT = 5
@@ -46,10 +46,9 @@ def call(server: RunningServer, source: str, forwarded_for: str | None = None) -
 
 
 def access_lines(server: RunningServer, responses: list[httpx.Response]) -> list[dict[str, str]]:
-    ids = {response.headers["x-request-id"] for response in responses}
-    lines = [json.loads(line) for line in server.log().splitlines()
-             if line.startswith("{") and '"sleepwell.access"' in line]
-    return [line for line in lines if line.get("request_id") in ids]
+    """One access line per response, once each is written (after its answer was sent)."""
+    ids = [response.headers["x-request-id"] for response in responses]
+    return list(wait_for_access_lines(server, ids).values())
 
 
 def test_ratelimit_auth_off_limit_of_n_allows_exactly_n_across_workers(server) -> None:

@@ -12,6 +12,7 @@ from limits import parse_many
 from pydantic import SecretStr, ValidationError
 
 from app.errors import install_error_handlers
+from app.main import create_app
 from app.observability.access_log import prompt_fields, timing_fields
 from app.security.cors import cors_options
 from app.security.keys import AdminDep, KeyRing, bearer_token, configured_api_keys, parse_keys_text
@@ -161,6 +162,19 @@ def test_require_admin_without_admin_key_answers_404() -> None:
     response = _admin_app(Settings()).post("/admin/thing", headers={"Authorization": "Bearer x"})
     assert response.status_code == 404
     assert response.json()["error"]["code"] == "not_found"
+
+
+def test_admin_model_load_of_the_real_app_without_admin_key_answers_404() -> None:
+    """The real route, in-process (no lifespan, no model): the admin key gates it, so with
+    none configured it does not exist, whatever key is sent; with one, a wrong key is 401."""
+    off = TestClient(create_app(Settings(device="cpu")))
+    answer = off.post("/admin/models/load", headers={"Authorization": "Bearer admin-secret"},
+                      json={"model": "x"})
+    assert answer.status_code == 404 and answer.json()["error"]["code"] == "not_found"
+    on = TestClient(create_app(Settings(device="cpu", admin_key=SecretStr("admin-secret"))))
+    wrong = on.post("/admin/models/load", headers={"Authorization": "Bearer not-it"},
+                    json={"model": "x"})
+    assert wrong.status_code == 401 and wrong.json()["error"]["code"] == "invalid_admin_key"
 
 
 def test_require_admin_wrong_or_missing_key_answers_401_and_right_key_passes() -> None:

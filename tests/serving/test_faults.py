@@ -4,19 +4,33 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterator
 
 import httpx
+import pytest
 
 from tests.support.scenarios import crash, overload
 from tests.support.scrape import scrape
-from tests.support.server import gunicorn_server
+from tests.support.server import RunningServer, gunicorn_server
 from tests.support.waiting import wait_until
 
+# One worker for overload, then the OOM streak (which recycles it, so it runs last).
+ONE_WORKER_ENV = {"SLEEPWELL_MAX_QUEUE": "4", "SLEEPWELL_REQUEST_TIMEOUT_S": "30",
+                  "SLEEPWELL_FAULT_INJECTION": "true", "SLEEPWELL_FAILURE_STREAK_LIMIT": "3"}
+# The queue is full within a second at 4x capacity; 15 s of it is hundreds of answers.
+OVERLOAD_SECONDS = 15.0
 
-def test_overload_four_times_capacity_every_request_gets_one_clean_answer(demo_model_dir) -> None:
-    env = {"SLEEPWELL_MAX_QUEUE": "4", "SLEEPWELL_REQUEST_TIMEOUT_S": "30"}
-    with gunicorn_server(env) as server:
-        result = asyncio.run(overload(server, factor=4.0, seconds=60.0))
+
+@pytest.fixture(scope="module")
+def one_worker(demo_model_dir) -> Iterator[RunningServer]:
+    with gunicorn_server(ONE_WORKER_ENV) as server:
+        yield server
+
+
+def test_overload_four_times_capacity_every_request_gets_one_clean_answer(
+    one_worker: RunningServer,
+) -> None:
+    result = asyncio.run(overload(one_worker, factor=4.0, seconds=OVERLOAD_SECONDS))
     print(f"\noverload: capacity {result.capacity_per_s:.1f}/s, offered "
           f"{result.offered_per_s:.1f}/s for {result.seconds:.0f}s -> {dict(result.statuses)}; "
           f"health p99 live {result.health.p99_ms('/health/live'):.1f} ms, "
@@ -43,31 +57,31 @@ def test_crash_kill9_one_worker_only_its_inflight_requests_fail(demo_model_dir) 
     assert after.status_code == 200
 
 
-def test_oom_streak_turns_unready_recycles_and_comes_back(demo_model_dir) -> None:
-    env = {"SLEEPWELL_FAULT_INJECTION": "true", "SLEEPWELL_FAILURE_STREAK_LIMIT": "3"}
-    with gunicorn_server(env) as server:
-        first_pid = server.worker_pids()[0]
-        ooms_before = scrape(server.url, "cuda_oom_total")
-        answers = [httpx.post(server.url + "/v1/images/generations", timeout=60,
-                              json={"prompt": "[[oom]]", "size": "64x64"}) for _ in range(3)]
-        started = time.monotonic()
-        assert [answer.status_code for answer in answers] == [503] * 3
-        assert all(answer.json()["error"]["code"] == "out_of_memory" for answer in answers)
-        assert all(int(answer.headers["retry-after"]) >= 1 for answer in answers)
-        def replaced_and_ready() -> bool:
-            pids = server.worker_pids()
-            if not pids or pids == [first_pid]:
-                return False
-            try:
-                return server.ready_worker_pids() == set(pids)
-            except httpx.HTTPError:  # no worker accepts while the replacement boots
-                return False
+def test_oom_streak_turns_unready_recycles_and_comes_back(one_worker: RunningServer) -> None:
+    server = one_worker  # SLEEPWELL_FAILURE_STREAK_LIMIT=3
+    first_pid = server.worker_pids()[0]
+    ooms_before = scrape(server.url, "cuda_oom_total")
+    answers = [httpx.post(server.url + "/v1/images/generations", timeout=60,
+                          json={"prompt": "[[oom]]", "size": "64x64"}) for _ in range(3)]
+    started = time.monotonic()
+    assert [answer.status_code for answer in answers] == [503] * 3
+    assert all(answer.json()["error"]["code"] == "out_of_memory" for answer in answers)
+    assert all(int(answer.headers["retry-after"]) >= 1 for answer in answers)
 
-        wait_until(replaced_and_ready, 90, period=0.2, what="a fresh worker ready")
-        back_after = time.monotonic() - started
-        print(f"\noom: 3 in a row -> recycled and ready again after {back_after:.2f}s")
-        assert server.worker_pids() != [first_pid]
-        assert scrape(server.url, "cuda_oom_total") == ooms_before + 3  # counters survive
-        ok = httpx.post(server.url + "/v1/images/generations",
-                        json={"prompt": "fine", "size": "64x64"}, timeout=60)
-        assert ok.status_code == 200
+    def replaced_and_ready() -> bool:
+        pids = server.worker_pids()
+        if not pids or pids == [first_pid]:
+            return False
+        try:
+            return server.ready_worker_pids() == set(pids)
+        except httpx.HTTPError:  # no worker accepts while the replacement boots
+            return False
+
+    wait_until(replaced_and_ready, 90, period=0.2, what="a fresh worker ready")
+    back_after = time.monotonic() - started
+    print(f"\noom: 3 in a row -> recycled and ready again after {back_after:.2f}s")
+    assert server.worker_pids() != [first_pid]
+    assert scrape(server.url, "cuda_oom_total") == ooms_before + 3  # counters survive
+    ok = httpx.post(server.url + "/v1/images/generations",
+                    json={"prompt": "fine", "size": "64x64"}, timeout=60)
+    assert ok.status_code == 200

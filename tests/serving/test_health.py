@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -30,23 +31,26 @@ def poll(server: RunningServer, path: str, want: int, timeout: float) -> httpx.R
 
 
 @pytest.mark.parametrize(
-    ("env", "reason_part"),
+    ("env", "reason_part", "workers"),
     [
-        ({"SLEEPWELL_MODEL": "/nonexistent/model-dir"}, "could not load model"),
+        ({"SLEEPWELL_MODEL": "/nonexistent/model-dir"}, "could not load model", 2),
+        # The same exit path with another reason: one worker is enough to show the reason.
         pytest.param(
-            {"SLEEPWELL_DEVICE": "cuda"}, "no usable CUDA device",
+            {"SLEEPWELL_DEVICE": "cuda"}, "no usable CUDA device", 1,
             marks=pytest.mark.skipif(torch.cuda.is_available(),
                                      reason="a CUDA device is visible: this load succeeds"),
         ),
     ],
 )
-def test_health_every_worker_failing_to_load_makes_the_master_exit_4(env, reason_part) -> None:
+def test_health_every_worker_failing_to_load_makes_the_master_exit_4(
+    env, reason_part, workers
+) -> None:
     env = {**env, "SLEEPWELL_LOAD_ATTEMPTS": "2", "SLEEPWELL_LOAD_BACKOFF_S": "0.2"}
-    with gunicorn_server(env, wait=False, workers=2) as server:
+    with gunicorn_server(env, wait=False, workers=workers) as server:
         exit_code = server.process.wait(120)
         log = server.log()
     assert exit_code == 4, log[-3000:]
-    assert "every worker (2) failed to load its model 2 times in a row" in log
+    assert f"every worker ({workers}) failed to load its model 2 times in a row" in log
     assert reason_part in log
     assert "waits 0.2s before loading: the last load in slot" in log  # the backoff ran
 
@@ -70,16 +74,29 @@ def test_health_worker_failing_to_load_leaves_rotation_siblings_serve(demo_model
     assert failures >= 2
 
 
-def test_health_cpu_deployment_reports_gpu_not_applicable(demo_model_dir) -> None:
-    with gunicorn_server() as server:
-        deep = httpx.get(server.url + "/health")
-        body = deep.json()
-        assert deep.status_code == 200 and body["status"] == "healthy"
-        assert body["checks"] == {"api": True, "model": True, "scheduler": True, "gpu": None}
-        assert body["gpu_memory"] is None
-        assert body["state"] == "ready" and body["worker"]["slot"] == 0
-        metrics = httpx.get(server.url + "/metrics").text
-        assert "gpu_memory_allocated_bytes{" not in metrics  # no fake zeros on a CPU
+# One server for the tests below that neither break nor replace its worker: each needs
+# only its own settings, which do not get in the others' way.
+SHARED_STALL_TIMEOUT_S = 6
+SHARED_ENV = {"SLEEPWELL_FAULT_INJECTION": "true",
+              "SLEEPWELL_STALL_TIMEOUT_S": str(SHARED_STALL_TIMEOUT_S),
+              "SLEEPWELL_MAX_QUEUE": "2", "SLEEPWELL_MAX_BATCH_SIZE": "1"}
+
+
+@pytest.fixture(scope="module")
+def shared(demo_model_dir) -> Iterator[RunningServer]:
+    with gunicorn_server(SHARED_ENV) as server:
+        yield server
+
+
+def test_health_cpu_deployment_reports_gpu_not_applicable(shared: RunningServer) -> None:
+    deep = httpx.get(shared.url + "/health")
+    body = deep.json()
+    assert deep.status_code == 200 and body["status"] == "healthy"
+    assert body["checks"] == {"api": True, "model": True, "scheduler": True, "gpu": None}
+    assert body["gpu_memory"] is None
+    assert body["state"] == "ready" and body["worker"]["slot"] == 0
+    metrics = httpx.get(shared.url + "/metrics").text
+    assert "gpu_memory_allocated_bytes{" not in metrics  # no fake zeros on a CPU
 
 
 def test_health_stalled_worker_never_looks_alive_and_is_replaced(demo_model_dir) -> None:
@@ -95,37 +112,41 @@ def test_health_stalled_worker_never_looks_alive_and_is_replaced(demo_model_dir)
     assert timeline.replacement_ready_after_s is not None, timeline.samples
 
 
-def test_health_slow_but_progressing_generation_stays_live_and_busy(demo_model_dir) -> None:
-    # Each step is 0.5 s of sleep plus its compute (over 1 s under a CPU hog); the run, 16
-    # steps, lasts longer than the stall timeout, so only per-step progress keeps it live.
-    env = {"SLEEPWELL_FAULT_INJECTION": "true", "SLEEPWELL_STALL_TIMEOUT_S": "4"}
-    with gunicorn_server(env) as server:
-        done = threading.Event()
-        answers: list[int] = []
+def test_health_slow_but_progressing_generation_stays_live_and_busy(
+    shared: RunningServer,
+) -> None:
+    # Each step is 0.5 s of sleep plus its compute (over 1 s under a CPU hog, far below the
+    # stall timeout); the run, 16 steps, sleeps 8 s alone: longer than the stall timeout,
+    # so only per-step progress keeps it live.
+    server = shared
+    steps, sleep_s = 16, 0.5
+    assert steps * sleep_s > SHARED_STALL_TIMEOUT_S
+    done = threading.Event()
+    answers: list[int] = []
 
-        def slow() -> None:
-            body = {"prompt": "[[slow=0.5]] steady", "size": "64x64", "num_inference_steps": 16}
-            answers.append(httpx.post(server.url + GENERATE, json=body, timeout=60).status_code)
-            done.set()
+    def slow() -> None:
+        body = {"prompt": f"[[slow={sleep_s}]] steady", "size": "64x64",
+                "num_inference_steps": steps}
+        answers.append(httpx.post(server.url + GENERATE, json=body, timeout=90).status_code)
+        done.set()
 
-        thread = threading.Thread(target=slow)
-        thread.start()
-        states, lives = set(), set()
-        while not done.is_set():  # bounded: the request ends (or times out) within 60 s
-            lives.add(httpx.get(server.url + "/health/live").status_code)
-            states.add(httpx.get(server.url + "/health/ready").json()["state"])
-            done.wait(0.1)
-        thread.join()
+    thread = threading.Thread(target=slow)
+    thread.start()
+    states, lives = set(), set()
+    while not done.is_set():  # bounded: the request ends (or times out) within 90 s
+        lives.add(httpx.get(server.url + "/health/live").status_code)
+        states.add(httpx.get(server.url + "/health/ready").json()["state"])
+        done.wait(0.1)
+    thread.join()
     assert answers == [200]
     assert lives == {200}
     assert "busy" in states and "stalled" not in states
 
 
-def test_health_full_queue_keeps_worker_ready(demo_model_dir) -> None:
-    env = {"SLEEPWELL_FAULT_INJECTION": "true", "SLEEPWELL_MAX_QUEUE": "2",
-           "SLEEPWELL_MAX_BATCH_SIZE": "1"}
+def test_health_full_queue_keeps_worker_ready(shared: RunningServer) -> None:
+    server = shared  # SLEEPWELL_MAX_QUEUE=2, SLEEPWELL_MAX_BATCH_SIZE=1
     body = {"prompt": "[[slow=0.2]] busy", "size": "64x64", "num_inference_steps": 15}
-    with gunicorn_server(env) as server, ThreadPoolExecutor(6) as pool:
+    with ThreadPoolExecutor(6) as pool:
         futures = [pool.submit(httpx.post, server.url + GENERATE, json=body, timeout=60)
                    for _ in range(6)]
         wait_until(lambda: value(fresh_get(server, "/metrics").text,

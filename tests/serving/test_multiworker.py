@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -13,11 +12,11 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
+from tests.support.access_log import wait_for_access_lines
 from tests.support.recovery import sigterm_worker_under_load
 from tests.support.scrape import value
 from tests.support.server import RunningServer, gunicorn_server
@@ -53,22 +52,18 @@ def slots_by_pid(log: str) -> dict[int, int]:
 
 
 def test_metrics_two_workers_every_scrape_shows_exact_totals(pair) -> None:
-    assert send(pair, 20) == [200] * 20
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda _: httpx.post(pair.url + GENERATE, json=BODY, timeout=60),
+                                range(20)))
+    assert [answer.status_code for answer in answers] == [200] * 20
     for text in scrapes(pair, 10):
         assert value(text, "image_generation_total", status="success") == 20
         assert value(text, "images_generated_total") == 20
         assert value(text, "image_generation_latency_seconds_count") == 20
         assert value(text, "image_generation_queue_depth") == 0
         assert value(text, "model_ready") == 2  # one series per live worker, never double
-    served_by = {entry["pid"] for entry in access_lines(pair.log())
-                 if entry["path"] == "/v1/images/generations"}
-    assert len(served_by) >= 2
-
-
-def access_lines(log: str) -> list[dict[str, Any]]:
-    """The JSON line app/observability/access_log.py writes per request."""
-    lines = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
-    return [line for line in lines if line.get("logger") == "sleepwell.access"]
+    lines = wait_for_access_lines(pair, [answer.headers["x-request-id"] for answer in answers])
+    assert len({entry["pid"] for entry in lines.values()}) >= 2
 
 
 def test_metrics_exposition_passes_promtool_check(pair) -> None:

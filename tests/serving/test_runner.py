@@ -28,6 +28,9 @@ from app.serving.runner import ANSWERING_HORIZON_S, Runner
 from app.settings import Settings
 from tests.support.waiting import async_wait_until
 
+# A batch wait no test could outlast: a call held for batch-mates would never start in time.
+LONG_BATCH_WAIT_S = 600.0
+
 
 def sample(metric: object, **labels: str) -> float:
     from prometheus_client import REGISTRY
@@ -35,7 +38,9 @@ def sample(metric: object, **labels: str) -> float:
     name = {metrics.CUDA_OOM: "cuda_oom_total", metrics.STEPS: "inference_steps_total"}.get(
         metric, "image_generation_total"  # type: ignore[call-overload]
     )
-    return REGISTRY.get_sample_value(name, labels or None) or 0.0
+    found = REGISTRY.get_sample_value(name, labels or None)
+    assert found is not None, f"no sample {name}{labels or ''}: a missing metric is not a 0"
+    return found
 
 
 @pytest.fixture
@@ -45,6 +50,7 @@ async def engine(demo_model_dir: Path) -> AsyncIterator[tuple[Engine, InferenceT
         max_steps=1000,
         default_steps=2,
     )
+    metrics.initialise_request_series()  # as the service does at startup
     engine = Engine(settings)
     thread = InferenceThread()
     await thread.run(engine.load)
@@ -140,6 +146,13 @@ async def test_runner_batch_results_keep_request_order_and_seeds(engine) -> None
 
 
 async def test_runner_full_queue_retry_after_tracks_the_real_wait(engine) -> None:
+    # The engine's first call is cold (lazy set-up, far slower on a busy machine): spent on
+    # a runner of its own, so the estimate below is timed on warm calls, as the wait is.
+    cold = make_runner(engine)
+    first = job(engine, num_inference_steps=2)
+    cold.submit(first)
+    await first.future
+    await cold.stop(Cancelled("warmed up"))
     runner = make_runner(engine, max_batch=1, max_queue=2)
     # Steps slowed to >= 0.1 s each, so a busy CPU moves both durations alike.
     slow = "[[slow=0.1]] paced"
@@ -326,15 +339,27 @@ async def test_runner_draining_refuses_new_work_and_finishes_queued(engine) -> N
 async def test_runner_lone_client_with_nobody_being_answered_skips_the_batch_wait(
     engine,
 ) -> None:
-    runner = make_runner(engine, batch_wait_s=5.0)
+    runner = make_runner(engine, batch_wait_s=LONG_BATCH_WAIT_S)
     for _ in range(2):  # a concurrency-1 client: the next request once the last is answered
         lone = job(engine)
         runner.submit(lone)
-        await async_wait_until(lambda lone=lone: lone.started_at is not None, within_s=2.5,
-                               what="dispatch well before the 5 s batch wait")
+        assert await dispatched_without_holding(runner, lone)
         await lone.future
         runner.release(lone)
     await runner.stop(Cancelled("test over"))
+
+
+async def dispatched_without_holding(runner: Runner, generation: Generation) -> bool:
+    """Wait for ``generation``'s pipeline call to start; False if the runner held it for
+    batch-mates first (a hold of ``LONG_BATCH_WAIT_S`` cannot end before the bound)."""
+    held = []
+
+    def started() -> bool:
+        held.append(runner.holding)
+        return generation.started_at is not None
+
+    await async_wait_until(started, within_s=60, what="dispatch without a batch wait")
+    return not any(held)
 
 
 async def test_runner_arrival_while_another_is_answered_waits_and_shares_a_call(
@@ -373,7 +398,7 @@ async def test_runner_batch_wait_ends_as_soon_as_the_call_is_full(engine) -> Non
 
 
 async def test_runner_unreleased_answer_stops_holding_calls_after_the_horizon(engine) -> None:
-    runner = make_runner(engine, batch_wait_s=5.0)
+    runner = make_runner(engine, batch_wait_s=LONG_BATCH_WAIT_S)
     forgotten = job(engine)
     runner.submit(forgotten)
     await forgotten.future  # never released, as by a caller with a bug
@@ -382,8 +407,7 @@ async def test_runner_unreleased_answer_stops_holding_calls_after_the_horizon(en
                            within_s=ANSWERING_HORIZON_S + 1)
     later = job(engine)
     runner.submit(later)
-    await async_wait_until(lambda: later.started_at is not None, within_s=2.5,
-                           what="dispatch well before the 5 s batch wait")
+    assert await dispatched_without_holding(runner, later)
     await later.future
     await runner.stop(Cancelled("test over"))
 
