@@ -136,15 +136,19 @@ def test_jobs_duplicate_run_is_counted_logged_and_visible(
     query(url, "UPDATE saq_jobs SET status = 'queued', priority = 0 WHERE key = %s",
           (job["id"],))
     wait_until(lambda: len(runs(url, job["id"])) == 2, timeout=30, what="a second run")
-    done = wait_final(client, KEY, job["id"])
+    wait_final(client, KEY, job["id"])  # the first run to end made it final ...
     wait_until(lambda: all(outcome for _, outcome in runs(url, job["id"])), timeout=30,
-               what="both runs' outcomes")
+               what="both runs' outcomes")  # ... and the other one ended after it
+    done = wait_job(client, KEY, job["id"], lambda j: j["completions"] >= 2)
     assert done["status"] == "succeeded" and done["attempts"] == 2, done
     assert done["completions"] == 2, done
     assert sorted(outcome for _, outcome in runs(url, job["id"])) == ["duplicate", "succeeded"]
-    after = value(httpx.get(f"{server.url}/metrics", timeout=10).text, "job_duplicate_runs_total")
-    assert after == before + 1
-    assert "after another run had already made the job final" in server.log()
+    # The duplicate is counted right after its outcome is written: wait for the count.
+    wait_until(lambda: value(httpx.get(f"{server.url}/metrics", timeout=10).text,
+                             "job_duplicate_runs_total") == before + 1,
+               timeout=30, what="job_duplicate_runs_total + 1")
+    wait_until(lambda: "after another run had already made the job final" in server.log(),
+               timeout=30, what="the duplicate run's log line")
 
 
 def test_jobs_postgres_restart_shorter_than_stuck_after_runs_each_job_once() -> None:

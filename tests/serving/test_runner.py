@@ -173,9 +173,14 @@ async def test_runner_full_queue_retry_after_tracks_the_real_wait(engine) -> Non
     assert sample(metrics.GENERATIONS, status="rejected") == rejected_before + 1
     await asyncio.gather(*(item.future for item in long_jobs))
     actual = time.monotonic() - refused_at  # when a request refused then could have started
+    # Two queued jobs of 10 paced steps wait behind the running one; every paced step sleeps
+    # at least 0.1 s, so an estimate made of measured steps is at least 2 s on any machine.
+    assert estimate is not None and estimate >= 20 * 0.1, estimate
     # A relation between two durations of the same run (not a timing budget): the estimate
-    # comes from measured step times, so it follows the real wait, busy machine or not.
-    assert estimate is not None and 0.5 * actual <= estimate <= 2.0 * actual, (estimate, actual)
+    # comes from measured step times, so it follows the real wait. The band is wide because
+    # CI shares its cores: load that starts or stops between the calibration and the wait
+    # moved the ratio to 0.39 and 3.0 in runs beside other suites.
+    assert 0.25 * actual <= estimate <= 4.0 * actual, (estimate, actual)
     assert caught.value.headers()["Retry-After"] == str(max(1, math.ceil(estimate)))
     await runner.stop(Cancelled("test over"))
 
