@@ -92,6 +92,11 @@ class JobStore:
             await cur.execute(sql, params)
             return await cur.fetchone()
 
+    async def _all(self, sql: Any, params: dict[str, Any]) -> list[dict[str, Any]]:
+        async with self.database.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(sql, params)
+            return await cur.fetchall()
+
     async def create(self, job: NewJob) -> tuple[dict[str, Any], bool]:
         """Insert, or return the job this owner made with the same Idempotency-Key in 24 h."""
         params = {**job.__dict__, "request": Jsonb(job.request), "status": JobStatus.QUEUED.value,
@@ -131,15 +136,13 @@ class JobStore:
                                " WHERE id = %(id)s", {"id": job_id})
 
     async def list(self, owner: str | None, status: str | None, limit: int) -> list[dict[str, Any]]:
-        async with self.database.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-            await cur.execute(
-                f"SELECT {_LIST_COLUMNS} FROM sleepwell_jobs WHERE"
-                " (%(owner)s::text IS NULL OR owner = %(owner)s) AND"
-                " (%(status)s::text IS NULL OR status = %(status)s) AND"
-                " (expires_at IS NULL OR expires_at > now())"
-                " ORDER BY created_at DESC LIMIT %(limit)s",
-                {"owner": owner, "status": status, "limit": limit})
-            return await cur.fetchall()
+        return await self._all(
+            f"SELECT {_LIST_COLUMNS} FROM sleepwell_jobs WHERE"
+            " (%(owner)s::text IS NULL OR owner = %(owner)s) AND"
+            " (%(status)s::text IS NULL OR status = %(status)s) AND"
+            " (expires_at IS NULL OR expires_at > now())"
+            " ORDER BY created_at DESC LIMIT %(limit)s",
+            {"owner": owner, "status": status, "limit": limit})
 
     async def start(self, job_id: str, worker: str) -> dict[str, Any] | None:
         """Mark running (attempts + 1) and record the run; None if the job is already
@@ -172,14 +175,12 @@ class JobStore:
     async def unnotified(self, grace_s: float, limit: int = 100) -> builtins.list[dict[str, Any]]:
         """Final rows whose "completed" webhook was never enqueued (the worker that made
         them final failed to, or died first), older than ``grace_s``."""
-        async with self.database.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-            await cur.execute(
-                "SELECT * FROM sleepwell_jobs WHERE NOT completed_notified"
-                " AND status = ANY(%(final)s::text[])"
-                " AND finished_at < clock_timestamp() - %(grace)s * interval '1 s'"
-                " ORDER BY finished_at LIMIT %(limit)s",
-                {"final": _FINAL, "grace": grace_s, "limit": limit})
-            return await cur.fetchall()
+        return await self._all(
+            "SELECT * FROM sleepwell_jobs WHERE NOT completed_notified"
+            " AND status = ANY(%(final)s::text[])"
+            " AND finished_at < clock_timestamp() - %(grace)s * interval '1 s'"
+            " ORDER BY finished_at LIMIT %(limit)s",
+            {"final": _FINAL, "grace": grace_s, "limit": limit})
 
     async def progress(self, job_id: str, step: int) -> bool:
         """Write the step; True if the client asked to cancel."""
