@@ -26,12 +26,15 @@ def test_jobs_sigterm_hands_a_running_job_back_and_another_instance_finishes_it(
         "SLEEPWELL_API_KEYS": KEY,
         "SLEEPWELL_GRACEFUL_TIMEOUT_S": "3",  # far shorter than the job
     }
-    with gunicorn_server(env) as first, gunicorn_server(env) as second, first.client(
-        timeout=30
-    ) as client_a, second.client(timeout=30) as client_b:
+    # Both replicas boot at once (each start is seconds of model loading), then both ready.
+    with gunicorn_server(env, wait=False) as first, gunicorn_server(env, wait=False) as second, \
+            first.client(timeout=30) as client_a, second.client(timeout=30) as client_b:
+        first.wait_ready()
+        second.wait_ready()
         wait_health_jobs(client_a, True)
         wait_health_jobs(client_b, True)
-        job = submit(client_a, KEY, prompt="[[slow=0.3]] a long fox", steps=60)
+        # 25 steps of 0.3 s: past step 1, over twice the 3 s grace is left to run.
+        job = submit(client_a, KEY, prompt="[[slow=0.3]] a long fox", steps=25)
         running = wait_job(client_a, KEY, job["id"], lambda j: j["progress"]["step"] >= 1)
         assert running["attempts"] == 1
         (worker,) = query(url, "SELECT worker FROM sleepwell_jobs WHERE id = %s",

@@ -158,7 +158,8 @@ def test_jobs_postgres_restart_shorter_than_stuck_after_runs_each_job_once() -> 
                    SLEEPWELL_DATABASE_TIMEOUT_S="1")
         with gunicorn_server(env) as server, server.client(timeout=30) as client:
             wait_health_jobs(client, True)
-            job = submit(client, KEY, prompt="[[slow=0.5]] a steady fox", steps=40)
+            # 28 steps of 0.5 s: the job runs before, through and after the short outage.
+            job = submit(client, KEY, prompt="[[slow=0.5]] a steady fox", steps=28)
             wait_job(client, KEY, job["id"], lambda j: j["progress"]["step"] >= 1)
             stopped_at = time.monotonic()
             own.stop()

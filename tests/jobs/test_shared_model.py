@@ -31,8 +31,12 @@ def test_swap_on_one_replica_reaches_another_through_the_database(
     env = {"SLEEPWELL_JOBS_ENABLED": "true", "SLEEPWELL_DATABASE_URL": url,
            "SLEEPWELL_ADMIN_KEY": ADMIN}
     # Two masters with their own state directories: what two Kubernetes pods are.
-    with gunicorn_server(env | {"SLEEPWELL_STATE_DIR": str(tmp_path / "a")}) as first, \
-            gunicorn_server(env | {"SLEEPWELL_STATE_DIR": str(tmp_path / "b")}) as second:
+    # They boot at once (each start is seconds of model loading), then both must be ready.
+    with gunicorn_server(env | {"SLEEPWELL_STATE_DIR": str(tmp_path / "a")}, wait=False) as first, \
+            gunicorn_server(env | {"SLEEPWELL_STATE_DIR": str(tmp_path / "b")},
+                            wait=False) as second:
+        first.wait_ready()
+        second.wait_ready()
         answer = httpx.post(first.url + "/admin/models/load", json={"model": str(other)},
                             headers={"Authorization": f"Bearer {ADMIN}"}, timeout=120)
         assert answer.status_code == 200, answer.text

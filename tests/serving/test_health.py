@@ -145,7 +145,9 @@ def test_health_slow_but_progressing_generation_stays_live_and_busy(
 
 def test_health_full_queue_keeps_worker_ready(shared: RunningServer) -> None:
     server = shared  # SLEEPWELL_MAX_QUEUE=2, SLEEPWELL_MAX_BATCH_SIZE=1
-    body = {"prompt": "[[slow=0.2]] busy", "size": "64x64", "num_inference_steps": 15}
+    # Over 1.6 s a run: all six arrive within it. Once one runs with two queued, the worker
+    # stays busy until the queue is drained, so the readiness check below sees it busy.
+    body = {"prompt": "[[slow=0.2]] busy", "size": "64x64", "num_inference_steps": 8}
     with ThreadPoolExecutor(6) as pool:
         futures = [pool.submit(httpx.post, server.url + GENERATE, json=body, timeout=60)
                    for _ in range(6)]

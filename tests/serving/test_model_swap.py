@@ -8,6 +8,7 @@ import shutil
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -15,7 +16,7 @@ import pytest
 
 from app.serving.demo_model import ensure_demo_model
 from app.serving.desired_model import DesiredModelStore
-from tests.support.server import gunicorn_server
+from tests.support.server import RunningServer, gunicorn_server
 from tests.support.waiting import wait_until
 
 ADMIN = {"Authorization": "Bearer admin-secret"}
@@ -45,10 +46,47 @@ def other_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return ensure_demo_model(tmp_path_factory.mktemp("models") / "demo-model-b", seed=1)
 
 
-def test_admin_swap_under_load_changes_every_worker_and_the_images(
-    demo_model_dir: Path, other_model: Path
+# One pair for the two admin-swap tests: the failed swap changes nothing it serves, so it
+# runs first; the swap under load moves the pair to another model for good, so it runs
+# last on it (pytest runs a module's tests in file order).
+SWAP_PAIR_ENV = {"SLEEPWELL_ADMIN_KEY": "admin-secret", "SLEEPWELL_MAX_QUEUE": "64"}
+
+
+@pytest.fixture(scope="module")
+def swap_pair(demo_model_dir: Path) -> Iterator[RunningServer]:
+    with gunicorn_server(SWAP_PAIR_ENV, workers=2) as server:
+        yield server
+
+
+def test_admin_swap_bad_model_keeps_old_and_reports_everywhere(
+    swap_pair: RunningServer,
 ) -> None:
-    env = {"SLEEPWELL_ADMIN_KEY": "admin-secret", "SLEEPWELL_MAX_QUEUE": "64"}
+    server = swap_pair
+    # The shared pair is still on the demo model: the swap test below runs later.
+    answer = httpx.post(server.url + "/admin/models/load", headers=ADMIN,
+                        json={"model": "/nonexistent/model"}, timeout=60)
+    assert answer.status_code == 400
+    assert answer.json()["error"]["code"] == "model_load_failed"
+    assert answer.json()["error"]["param"] == "model"
+    assert served_models(server.url) == {"sleepwell-demo-tiny-sd"}
+    reports: dict[int, str] = {}
+
+    def reported_by_both() -> bool:
+        body = fresh(server.url, "/health").json()
+        if body["last_swap_error"]:
+            reports[body["worker"]["pid"]] = body["last_swap_error"]
+        return len(reports) == 2
+
+    wait_until(reported_by_both, 10, period=0.1, what="both workers reporting the error")
+    assert all("/nonexistent/model" in error for error in reports.values())
+    ok = httpx.post(server.url + "/v1/images/generations",
+                    json={"prompt": "still here", "size": "64x64"}, timeout=60)
+    assert ok.status_code == 200
+
+
+def test_admin_swap_under_load_changes_every_worker_and_the_images(
+    swap_pair: RunningServer, other_model: Path
+) -> None:
     statuses: Counter[int] = Counter()
     readiness: Counter[int] = Counter()
     stop = threading.Event()
@@ -62,28 +100,29 @@ def test_admin_swap_under_load_changes_every_worker_and_the_images(
                      .status_code] += 1
             readiness[fresh(url, "/health/ready").status_code] += 1
 
-    with gunicorn_server(env, workers=2) as server:
-        before, images_before = served_models(server.url), image_bytes(server.url)
-        threads = [threading.Thread(target=load, args=(server.url,)) for _ in range(3)]
-        for thread in threads:
-            thread.start()
-        wait_until(lambda: statuses.total() >= 3, 60, what="load running")
-        started = time.monotonic()
-        answer = httpx.post(server.url + "/admin/models/load", headers=ADMIN,
-                            json={"model": str(other_model)}, timeout=120)
-        # Right after the 200, before every worker has switched: never a 404 for the new name.
-        naming_new = [_outcome(httpx.post(
-            server.url + "/v1/images/generations", timeout=60, headers={"connection": "close"},
-            json={"prompt": "new", "size": "64x64", "model": "demo-model-b"})) for _ in range(6)]
-        wait_until(lambda: served_models(server.url) == {"demo-model-b"}, 30, period=0.2,
-                   what="every worker on the new model")
-        print(f"swap visible on every worker after {time.monotonic() - started:.2f}s")
-        after_swap = statuses.total()
-        wait_until(lambda: statuses.total() >= after_swap + 6, 60, what="load after the swap")
-        stop.set()
-        for thread in threads:
-            thread.join(60)
-        after, images_after = served_models(server.url), image_bytes(server.url)
+    server = swap_pair
+    # The last test on the shared pair: it leaves the pair on another model.
+    before, images_before = served_models(server.url), image_bytes(server.url)
+    threads = [threading.Thread(target=load, args=(server.url,)) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    wait_until(lambda: statuses.total() >= 3, 60, what="load running")
+    started = time.monotonic()
+    answer = httpx.post(server.url + "/admin/models/load", headers=ADMIN,
+                        json={"model": str(other_model)}, timeout=120)
+    # Right after the 200, before every worker has switched: never a 404 for the new name.
+    naming_new = [_outcome(httpx.post(
+        server.url + "/v1/images/generations", timeout=60, headers={"connection": "close"},
+        json={"prompt": "new", "size": "64x64", "model": "demo-model-b"})) for _ in range(6)]
+    wait_until(lambda: served_models(server.url) == {"demo-model-b"}, 30, period=0.2,
+               what="every worker on the new model")
+    print(f"swap visible on every worker after {time.monotonic() - started:.2f}s")
+    after_swap = statuses.total()
+    wait_until(lambda: statuses.total() >= after_swap + 6, 60, what="load after the swap")
+    stop.set()
+    for thread in threads:
+        thread.join(60)
+    after, images_after = served_models(server.url), image_bytes(server.url)
     assert answer.status_code == 200, answer.text
     assert answer.json()["model"] == "demo-model-b"
     assert answer.json()["previous"] == "sleepwell-demo-tiny-sd"
@@ -99,30 +138,6 @@ def _outcome(response: httpx.Response) -> str:
     if response.status_code == 200:
         return "200"
     return f"{response.status_code} {response.json()['error']['code']}"
-
-
-def test_admin_swap_bad_model_keeps_old_and_reports_everywhere(demo_model_dir: Path) -> None:
-    env = {"SLEEPWELL_ADMIN_KEY": "admin-secret"}
-    with gunicorn_server(env, workers=2) as server:
-        answer = httpx.post(server.url + "/admin/models/load", headers=ADMIN,
-                            json={"model": "/nonexistent/model"}, timeout=60)
-        assert answer.status_code == 400
-        assert answer.json()["error"]["code"] == "model_load_failed"
-        assert answer.json()["error"]["param"] == "model"
-        assert served_models(server.url) == {"sleepwell-demo-tiny-sd"}
-        reports: dict[int, str] = {}
-
-        def reported_by_both() -> bool:
-            body = fresh(server.url, "/health").json()
-            if body["last_swap_error"]:
-                reports[body["worker"]["pid"]] = body["last_swap_error"]
-            return len(reports) == 2
-
-        wait_until(reported_by_both, 10, period=0.1, what="both workers reporting the error")
-        assert all("/nonexistent/model" in error for error in reports.values())
-        ok = httpx.post(server.url + "/v1/images/generations",
-                        json={"prompt": "still here", "size": "64x64"}, timeout=60)
-        assert ok.status_code == 200
 
 
 def test_swap_that_cannot_apply_yet_is_unready_mismatch_then_converges(

@@ -139,17 +139,20 @@ def test_worker_kill9_respawns_in_same_slot_and_counts_survive(pair) -> None:
         assert value(text, "image_generation_total", status="success") == before + 6
 
 
-def test_shutdown_sigterm_finishes_inflight_and_queued_work(demo_model_dir) -> None:
+def test_shutdown_sigterm_finishes_inflight_and_queued_work(pair) -> None:
+    """Stops the shared pair for good, so it is the last test here that uses ``pair``
+    (pytest runs a module's tests in file order); the next test starts its own server."""
+    server = pair
     slow = {"prompt": "[[slow=0.1]] finishing", "size": "64x64", "num_inference_steps": 10}
-    with gunicorn_server({"SLEEPWELL_FAULT_INJECTION": "true"}, workers=2) as server:
-        with ThreadPoolExecutor(6) as pool:
-            futures = [pool.submit(httpx.post, server.url + GENERATE, json=slow, timeout=60)
-                       for _ in range(6)]
-            wait_until(lambda: outstanding(server) == 6, 30)  # all running or queued
-            server.process.send_signal(signal.SIGTERM)
-            statuses = [future.result().status_code for future in futures]
-        exit_code = server.process.wait(30)
-        log = server.log()
+    wait_until(lambda: len(server.ready_worker_pids()) == 2, 60, what="both workers ready")
+    with ThreadPoolExecutor(6) as pool:
+        futures = [pool.submit(httpx.post, server.url + GENERATE, json=slow, timeout=60)
+                   for _ in range(6)]
+        wait_until(lambda: outstanding(server) == 6, 30)  # all running or queued
+        server.process.send_signal(signal.SIGTERM)
+        statuses = [future.result().status_code for future in futures]
+    exit_code = server.process.wait(30)
+    log = server.log()
     assert statuses == [200] * 6
     assert exit_code == 0
     assert "draining: refusing new work" in log
@@ -166,12 +169,13 @@ def test_shutdown_sigterm_to_worker_under_load_answers_every_request_once(
     """A real SIGTERM to one worker while clients keep sending: work it cannot finish within
     the grace period is answered with 503 before the end, never cut as a reset."""
     # 2 s per request, one at a time, ~4 waiting per worker: far more than the victim can
-    # finish in its 3 s grace, so the leftover path is taken.
+    # finish in its 3 s grace, so the leftover path is taken. Two rounds per client keep
+    # the load on through the SIGTERM and the respawn; a third only added queueing time.
     env = {"SLEEPWELL_FAULT_INJECTION": "true", "SLEEPWELL_MAX_BATCH_SIZE": "1",
            "SLEEPWELL_GRACEFUL_TIMEOUT_S": "3"}
     body = {"prompt": "[[slow=0.25]] long", "size": "64x64", "num_inference_steps": 8}
     with gunicorn_server(env, workers=2) as server:
-        result = sigterm_worker_under_load(server, body, clients=8, requests_per_client=3,
+        result = sigterm_worker_under_load(server, body, clients=8, requests_per_client=2,
                                            victim_holding=3)
         log = server.log()
     print(f"\nSIGTERM under load: {result}")
