@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 from prometheus_client import REGISTRY, generate_latest
 from saq.job import Job, Status
@@ -30,9 +29,9 @@ from app.settings import Settings
 from tests.jobs.helpers import WEBHOOK_SECRET, Receiver, webhook_receiver
 from tests.jobs.postgres import TestPostgres
 from tests.support.scrape import value
+from tests.support.waiting import async_wait_until
 
 WITHIN_S = 60.0  # generous: the machine is shared; nothing here is a timing assertion
-T = TypeVar("T")
 FINAL = {Status.COMPLETE, Status.FAILED, Status.ABORTED}
 
 
@@ -69,17 +68,10 @@ class Delivery:
             job = await self.webhooks.queue.webhooks.job(msg_id)
             return job if job is not None and job.status in FINAL else None
 
-        return await eventually(final, f"webhook job {msg_id} final")
-
-
-async def eventually(check: Callable[[], Awaitable[T | None]], what: str) -> T:
-    deadline = time.monotonic() + WITHIN_S
-    while time.monotonic() < deadline:
-        result = await check()
-        if result:
-            return result
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{what} not reached within {WITHIN_S}s")
+        job = await async_wait_until(final, WITHIN_S, period=0.05,
+                                     what=f"webhook job {msg_id} final")
+        assert job is not None
+        return job
 
 
 def deliveries(outcome: str) -> float:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar, overload
 
 T = TypeVar("T")
 
@@ -24,13 +25,29 @@ def wait_until(
         time.sleep(period)
 
 
+@overload
 async def async_wait_until(
-    predicate: Callable[[], T], within_s: float, period: float = 0.01, what: str = "condition"
-) -> T:
-    """``wait_until`` for coroutines: yields to the loop between polls."""
+    predicate: Callable[[], Awaitable[T]], within_s: float, period: float = ...,
+    what: str = ...,
+) -> T: ...
+
+
+@overload
+async def async_wait_until(
+    predicate: Callable[[], T], within_s: float, period: float = ..., what: str = ...
+) -> T: ...
+
+
+async def async_wait_until(
+    predicate: Callable[[], Any], within_s: float, period: float = 0.01, what: str = "condition"
+) -> Any:
+    """``wait_until`` for coroutines: yields to the loop between polls; ``predicate`` may be
+    a coroutine function (each poll is awaited)."""
     deadline = time.monotonic() + within_s
     while True:
         value = predicate()
+        if inspect.isawaitable(value):
+            value = await value
         if value:
             return value
         if time.monotonic() >= deadline:
