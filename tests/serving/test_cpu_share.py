@@ -67,6 +67,36 @@ def test_cpu_share_busy_sibling_halves_then_restores_threads(tmp_path: Path) -> 
         sibling.stdin.close()  # the sibling's call ends
         wait_until(lambda: share.busy_workers() == 1, 30, what="sibling idle")
     share.adjust()
+    assert taken == [2, 1]  # one idle look is a lull between the sibling's calls
+    share.adjust()
+    assert taken == [2, 1, 2]  # idle at RAISE_AFTER_IDLE_STEPS steps in a row: every core
+
+
+def test_cpu_share_sibling_idle_for_one_step_keeps_the_share(tmp_path: Path) -> None:
+    taken: list[int] = []
+    table = tmp_path / "table"
+    with busy_beside_sibling(table, taken) as (share, first_sibling):
+        share.adjust()
+        assert first_sibling.stdin is not None
+        first_sibling.stdin.close()  # the sibling's call ends ...
+        wait_until(lambda: share.busy_workers() == 1, 30, what="sibling idle")
+        share.adjust()
+    with busy_sibling(table):  # ... and its next call begins before our next step
+        wait_until(lambda: share.busy_workers() == 2, 30, what="sibling busy again")
+        share.adjust()
+        share.adjust()
+    assert taken == [2, 1]  # never flipped to every core and back
+
+
+def test_cpu_share_call_begun_alone_takes_every_core_at_once(tmp_path: Path) -> None:
+    taken: list[int] = []
+    with busy_beside_sibling(tmp_path / "table", taken) as (share, sibling):
+        share.adjust()
+        share.end()
+        assert sibling.stdin is not None
+        sibling.stdin.close()
+        wait_until(lambda: share.busy_workers() == 0, 30, what="both idle")
+    share.begin()  # a lone request: no lull to wait out
     assert taken == [2, 1, 2]
 
 
