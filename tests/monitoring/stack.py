@@ -27,6 +27,7 @@ import yaml
 from tests.support.server import ROOT, free_port
 
 SPEED = 15  # production scrape interval (15s) / test scrape interval (1s)
+METRICS_TOKEN = "e2e-metrics-token-4f1c"  # test_e2e_metrics_token.py's service
 # Measured figures, printed by conftest.py at the end of the run: name -> seconds (or count).
 FIGURES: dict[str, float] = {}
 BINARIES = {

@@ -117,7 +117,9 @@ def _configs(stack_ports: Ports, api_port: int, smtp_port: int, workdir: Path) -
 
 
 @pytest.fixture(scope="module")
-def stack() -> Iterator[Stack]:
+def stack(metrics_token_service: RunningServer) -> Iterator[Stack]:
+    # Not used here: asking for it boots test_e2e_metrics_token.py's service beside ours.
+    del metrics_token_service
     if missing := missing_binaries():
         pytest.fail(f"not installed: {missing} (.ci/run installs the Debian packages)")
     with ExitStack() as exits:

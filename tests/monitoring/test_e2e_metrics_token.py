@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from tests.monitoring.stack import (
+    METRICS_TOKEN,
     Ports,
     Prometheus,
     rewrite_prometheus,
@@ -28,11 +29,11 @@ from tests.monitoring.stack import (
     start_prometheus,
     wait_until,
 )
-from tests.support.server import ROOT, RunningServer, free_port, gunicorn_server
+from tests.support.server import ROOT, RunningServer
 
 pytestmark = pytest.mark.slow
 
-TOKEN = "e2e-metrics-token-4f1c"
+TOKEN = METRICS_TOKEN
 
 
 @dataclass
@@ -72,7 +73,7 @@ def _config(api_port: int, prometheus_port: int, secrets: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def scraped() -> Iterator[Scraped]:
+def scraped(metrics_token_service: RunningServer) -> Iterator[Scraped]:
     if shutil.which("prometheus") is None:
         pytest.fail("prometheus is not installed (.ci/run installs the Debian package)")
     with ExitStack() as exits:
@@ -81,9 +82,9 @@ def scraped() -> Iterator[Scraped]:
         secrets.mkdir()
         token_file = secrets / "metrics_token"
         token_file.write_text(TOKEN + "\n")  # as `echo "$TOKEN" > file` leaves it
-        ports, api_port = Ports(), free_port()
-        server = exits.enter_context(
-            gunicorn_server({"SLEEPWELL_METRICS_TOKEN": TOKEN}, port=api_port))
+        ports, server = Ports(), metrics_token_service  # booting since test_e2e.py's stack
+        server.wait_ready()
+        api_port = server.port
         process = start_prometheus(workdir, ports, _config(api_port, ports.prometheus, secrets),
                                    rewrite_rules((ROOT / "alert_rules.yml").read_text()))
         exits.callback(process.stop)

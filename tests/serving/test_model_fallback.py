@@ -7,6 +7,7 @@ failing until the master gives up (status 4).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
@@ -34,31 +35,45 @@ def fresh_health(server: RunningServer) -> dict[str, Any]:
     return body
 
 
-def replace_worker(server: RunningServer, pid: int) -> dict[str, Any]:
-    """SIGKILL one worker; the /health its replacement answers once it serves."""
-    before = set(server.worker_pids())
-    os.kill(pid, signal.SIGKILL)
+def marked_failed(state_dir: Path) -> bool:
+    desired = asyncio.run(DesiredModelStore(state_dir).read())
+    return desired is not None and desired.failed
 
-    def replacement_serving() -> dict[str, Any] | None:
+
+def replace_both_workers(server: RunningServer, state_dir: Path) -> list[dict[str, Any]]:
+    """SIGKILL both workers, the second once the first one's replacement has marked the
+    published model failed (so the second replacement must skip it, while the first loads
+    the configured model); the /health each replacement answers once it serves."""
+    first, second = before = server.worker_pids()
+    os.kill(first, signal.SIGKILL)
+
+    def master_alive_and(check: Any) -> Any:
         assert server.process.poll() is None, f"master exited:\n{server.log()[-3000:]}"
-        if not set(server.worker_pids()) - before:
-            return None
-        body = fresh_health(server)
-        fresh = body["worker"]["pid"] not in before
-        return body if fresh and body["http_status"] == 200 else None
+        return check()
 
-    found = wait_until(replacement_serving, 120, period=0.2,
-                       what=f"a healthy replacement for worker {pid}")
-    assert found is not None  # only for the type checker: wait_until returns a truthy value
-    return found
+    wait_until(lambda: master_alive_and(lambda: marked_failed(state_dir)), 120, period=0.1,
+               what="the published model marked failed by the first replacement")
+    os.kill(second, signal.SIGKILL)
+    serving: dict[int, dict[str, Any]] = {}
+
+    def note_replacement() -> bool:
+        body = fresh_health(server)
+        if body["worker"]["pid"] not in before and body["http_status"] == 200:
+            serving[body["worker"]["pid"]] = body
+        return len(serving) == 2
+
+    wait_until(lambda: master_alive_and(note_replacement), 120, period=0.2,
+               what="a healthy replacement for each worker")
+    return list(serving.values())
 
 
 def test_model_fallback_published_model_gone_respawned_workers_serve_configured(
     demo_model_dir: Path, tmp_path: Path
 ) -> None:
     published = ensure_demo_model(tmp_path / "published-model", seed=1)
-    env = {"SLEEPWELL_ADMIN_KEY": "admin-secret",
-           "SLEEPWELL_STATE_DIR": str(tmp_path / "state"), **QUICK_GIVE_UP}
+    state_dir = tmp_path / "state"
+    env = {"SLEEPWELL_ADMIN_KEY": "admin-secret", "SLEEPWELL_STATE_DIR": str(state_dir),
+           **QUICK_GIVE_UP}
     with gunicorn_server(env, workers=2) as server:
         swap = httpx.post(server.url + "/admin/models/load", headers=ADMIN,
                           json={"model": str(published)}, timeout=120)
@@ -73,8 +88,7 @@ def test_model_fallback_published_model_gone_respawned_workers_serve_configured(
 
         wait_until(both_on_published, 60, period=0.1, what="both workers on the published model")
         shutil.rmtree(published)  # the published files are gone (a volume lost, a bad copy)
-        first, second = server.worker_pids()
-        replacements = [replace_worker(server, first), replace_worker(server, second)]
+        replacements = replace_both_workers(server, state_dir)
         ready = [httpx.get(server.url + "/health/ready", headers={"connection": "close"},
                            timeout=10).status_code for _ in range(8)]
         models = {fresh_health(server)["model"] for _ in range(8)}
