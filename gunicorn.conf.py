@@ -5,6 +5,7 @@ Everything is derived from SLEEPWELL_* variables through app.settings.Settings.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -12,9 +13,11 @@ from typing import Any
 
 from app.observability.logging_setup import gunicorn_logconfig
 from app.security.protected_mode import enforce_protected_mode
+from app.serving.device_check import installed_torch_build, plan_gpus
 from app.serving.gunicorn_support import (
     free_slot,
     prepare_metrics_dir,
+    prepare_runtime_dir,
     prepare_state_dir,
     visible_gpu_ids,
     wait_with_heartbeat,
@@ -25,7 +28,10 @@ from app.serving.worker_sizing import plan_workers
 from app.settings import Settings
 
 _settings = Settings()
-_gpu_ids = visible_gpu_ids(_settings)
+# Only GPUs the installed torch can use get a worker: a CPU-only torch on a GPU box serves on
+# the CPU and says so once (on_starting); with SLEEPWELL_DEVICE=cuda it refuses to start.
+_gpu_plan = plan_gpus(_settings, visible_gpu_ids(_settings), installed_torch_build())
+_gpu_ids = _gpu_plan.gpu_ids
 _made_dirs: list[Path] = []
 _state_dir: list[Path] = []  # set in on_starting
 _embedded_postgres: list[Any] = []  # jobs (issue 10): the embedded PostgreSQL we started
@@ -65,12 +71,17 @@ accesslog = None
 errorlog = "-"
 # gunicorn's own lines (master and workers) in the app's JSON format.
 logconfig_dict = gunicorn_logconfig(_settings)
+# Python warnings in the master (libraries it imports) go through that JSON log too, not
+# as plain text on stderr; the workers do the same in app.observability.logging_setup.
+logging.captureWarnings(True)
 proc_name = "sleepwell"
 
 
 def on_starting(server: Any) -> None:
     # The final binds (a --bind flag overrides ours); still before any socket is opened.
     enforce_protected_mode(_settings, list(server.cfg.bind), server.log)
+    if _gpu_plan.warning:
+        server.log.warning(_gpu_plan.warning)
     metrics_dir, state_dir = prepare_metrics_dir(_settings), prepare_state_dir(_settings)
     server.log.info("metrics directory %s; state directory %s; GPUs %s; workers %d",
                     metrics_dir, state_dir, _gpu_ids or "none", workers)
@@ -82,11 +93,16 @@ def on_starting(server: Any) -> None:
     if _settings.state_dir is None:
         _made_dirs.append(state_dir)
     _state_dir.append(state_dir)
+    # XDG_RUNTIME_DIR, before the embedded PostgreSQL's library reads it (on import): unset,
+    # it warns at every start.
+    prepare_runtime_dir(_settings)
     # --- jobs (issue 10): a database (embedded without SLEEPWELL_DATABASE_URL), migrated
     # once here, before any worker forks; workers inherit SLEEPWELL_DATABASE_URL.
     from app.jobs.bootstrap import prepare_database
 
     prepare_database(_settings, _embedded_postgres)
+    if _embedded_postgres:  # the workers' startup line names where its data lives
+        os.environ["SLEEPWELL_EMBEDDED_POSTGRES_RUNNING"] = "1"
     # --- end jobs
 
 

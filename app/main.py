@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
@@ -58,9 +60,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         jobs_component = await start_jobs(app.state, service, database)  # jobs (issue 10)
         restore = _drain_on_sigterm(service)
         watcher = listening.start()  # uvicorn binds after this startup: watch for it
+        announcer = asyncio.create_task(_announce_when_ready(service, settings))
         try:
             yield
         finally:
+            announcer.cancel()
             if watcher is not None:
                 watcher.cancel()
             restore()
@@ -97,6 +101,38 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(ServerTimingTotalMiddleware)  # total: everything inside it
     app.add_middleware(ListeningSocketGate, check=listening)  # outermost: before any answer
     return app
+
+
+async def _announce_when_ready(service: Service, settings: Settings) -> None:
+    """One line per start, from the first worker whose model is ready: what to open."""
+    model = await service.wait_started()
+    if model is None or not _first_to_announce(settings.state_dir):
+        return
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(settings.host, settings.host)
+    base = f"http://[{host}]:{settings.port}" if ":" in host else f"http://{host}:{settings.port}"
+    opens = {"api": f"{base}/v1", "ui": f"{base}/ui" if settings.ui else None,
+             "docs": f"{base}/docs"}
+    database = settings.embedded_postgres_dir if settings.embedded_postgres_running else None
+    parts = [f"API {opens['api']}", *([f"playground {opens['ui']}"] if opens["ui"] else []),
+             f"docs {opens['docs']}"]
+    message = f"Sleepwell is ready: {', '.join(parts)}; model {model.name} on {model.device}"
+    if database is not None:
+        message += f"; embedded PostgreSQL data in {database}"
+    logger.info(message, extra={**opens, "model": model.name, "device": str(model.device),
+                                "postgres_data": str(database) if database else None})
+
+
+def _first_to_announce(state_dir: Path | None) -> bool:
+    """True in one worker per start: the state directory is fresh for every master start."""
+    if state_dir is None:  # not under gunicorn: this process is the whole service
+        return True
+    try:
+        os.close(os.open(state_dir / "ready-announced", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    except OSError:
+        return True  # better said twice than never
+    return True
 
 
 def _drain_on_sigterm(service: Service) -> Callable[[], None]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from enum import StrEnum
 from pathlib import Path
 
@@ -29,10 +30,22 @@ class DtypeChoice(StrEnum):
     BFLOAT16 = "bfloat16"
 
 
+def _env_file() -> str | None:
+    """``.env``, or the file ``SLEEPWELL_ENV_FILE`` names; set empty, none. The test suite
+    sets it empty so that a developer's ``.env`` (the monitoring quick start writes one)
+    cannot change what the tests see."""
+    return os.environ.get("SLEEPWELL_ENV_FILE", ".env") or None
+
+
 class Settings(BaseSettings):
     """Every knob of the service. Field ``x`` is read from ``SLEEPWELL_X``."""
 
-    model_config = SettingsConfigDict(env_prefix="SLEEPWELL_", extra="ignore")
+    # `make run` and a bare gunicorn read ./.env (relative to the working directory, the
+    # checkout for `make run`); a variable set in the environment still wins over the file.
+    model_config = SettingsConfigDict(
+        env_prefix="SLEEPWELL_", extra="ignore", env_file=_env_file(),
+        env_file_encoding="utf-8",
+    )
 
     # --- serving -----------------------------------------------------------------------
     host: str = "127.0.0.1"
@@ -62,11 +75,16 @@ class Settings(BaseSettings):
     # Where the kernel's cgroup files are read (CPU quota, memory limit: worker count and
     # torch threads, app/serving/host_limits.py); tests point it at fake files.
     cgroup_root: Path = Path("/sys/fs/cgroup")
+    # An NVIDIA driver is visible when this file exists (issue 20: a CPU-only torch on a GPU
+    # box warns, app/serving/device_check.py); tests point it at a file of their own.
+    nvidia_driver_file: Path = Path("/proc/driver/nvidia/version")
     # Set per worker by gunicorn.conf.py: which GPU slot this worker owns.
     worker_slot: int | None = None
     cuda_visible_devices: str | None = Field(
         None, validation_alias=AliasChoices("CUDA_VISIBLE_DEVICES")
     )
+    # Read by the embedded PostgreSQL's library (platformdirs); gunicorn makes one if unset.
+    xdg_runtime_dir: Path | None = Field(None, validation_alias=AliasChoices("XDG_RUNTIME_DIR"))
 
     # --- model -------------------------------------------------------------------------
     model: str | None = Field(None, description="local path or hub id; unset = demo model")
@@ -241,6 +259,8 @@ class Settings(BaseSettings):
         None, description="postgresql://...; unset = an embedded PostgreSQL under .cache/"
     )
     embedded_postgres_dir: Path = PROJECT_ROOT / ".cache" / "postgres"
+    # Set by gunicorn.conf.py for its workers when it runs the embedded PostgreSQL.
+    embedded_postgres_running: bool = False
     database_timeout_s: float = Field(
         2.0, gt=0, description="per connection wait and per statement; then 503"
     )

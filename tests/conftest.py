@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+# Before app.settings is imported (its env_file is read at import), and inherited by every
+# server a test starts: a developer's .env must not change what the tests see. Tests of
+# .env itself start their process without it (tests/deploy/test_first_start.py).
+os.environ["SLEEPWELL_ENV_FILE"] = ""
 
 import pytest
 

@@ -46,6 +46,17 @@ class ImageGenerationRequest(BaseModel):
             raise ValueError('size must look like "512x512" (width x height in pixels)')
         return value
 
+    @field_validator("response_format", mode="before")
+    @classmethod
+    def _no_urls_yet(cls, value: object) -> object:
+        # OpenAI's other format: say what to do instead of "Input should be 'b64_json'".
+        if value == "url":
+            raise ValueError(
+                'URLs are not supported yet; use "b64_json" (the default) and decode '
+                "data[].b64_json, e.g. base64 -d > image.png"
+            )
+        return value
+
     @field_validator("guidance_scale")
     @classmethod
     def _finite_guidance(cls, value: float | None) -> float | None:

@@ -18,6 +18,7 @@ import asyncio
 import logging
 import os
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -28,6 +29,7 @@ from app.api.schemas import ImageData, ImageGenerationRequest
 from app.errors import Cancelled, QueueFull, ServiceUnavailable, SleepwellError
 from app.jobs.database import DATABASE_DOWN, Database
 from app.jobs.heartbeat import Heartbeat
+from app.jobs.job_log import log_finished, log_started
 from app.jobs.queue import JobQueue
 from app.jobs.schemas import JobStatus
 from app.jobs.store import JobStore, RunOutcome
@@ -58,6 +60,7 @@ class ActiveJob:
     generation: Generation | None = None
     cancelled: bool = False
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    dequeued_at: float = field(default_factory=time.monotonic)
 
     @property
     def id(self) -> str:
@@ -153,6 +156,7 @@ class Consumer:
             await self._persist(lambda: self.queue.generations.finish(job.saq_job, Status.COMPLETE))
             return
         job.row = row
+        log_started(row, self.worker_id)
         if row["attempts"] > 1:
             metrics.JOB_REDELIVERIES.inc()
         if row["cancel_requested"]:
@@ -232,8 +236,8 @@ class Consumer:
         elif exc.code == "worker_stalled" and await self._stalled_too_often(job):
             await self._record(job, JobStatus.FAILED, error=error_of(_stalled(exc)))
         elif exc.code in RETRYABLE_CODES and job.saq_job.retryable:
-            logger.info("job %s handed back (%s): another worker will run it", job.id, exc.code)
             outcome = RunOutcome.STALLED if exc.code == "worker_stalled" else RunOutcome.HANDED_BACK
+            log_finished(job.row, outcome, job.dequeued_at, reason=exc.code)
             await self._end_run(job, outcome)
             await self.database.bounded(self.store.requeue(job.id))
             await self.database.bounded(self.queue.hand_back(job.saq_job, exc.code or "retry"))
@@ -251,6 +255,8 @@ class Consumer:
         twice."""
         won = await self._persist(lambda: self.store.finish(
             job.id, status, result=result, error=error, attempt=job.attempt))
+        log_finished(job.row, status.value if won is not None else RunOutcome.DUPLICATE,
+                     job.dequeued_at, reason=(error or {}).get("code"))
         if won is not None:
             metrics.JOBS.labels(status=status.value).inc()
             await self._notify_completed(won)

@@ -45,7 +45,7 @@ async def job_events(watch: Watch) -> AsyncIterator[dict[str, str]]:
                 return
             assert row is not None
             final = JobStatus(row["status"]) in FINAL_STATUSES
-            state = (row["status"], row["attempts"])
+            state = (row["status"], row["attempts"], row["cancel_requested"])
             if state != seen:
                 seen = state
                 yield _event("job", JobView.from_row(row, with_result=final).wire())

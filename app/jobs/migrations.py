@@ -88,6 +88,16 @@ CREATE INDEX sleepwell_jobs_unnotified ON sleepwell_jobs (finished_at) WHERE NOT
     Migration(4, "desired_model_failed", """
 ALTER TABLE sleepwell_desired_model ADD COLUMN failed_revision bigint;
 """),
+    # When an operator published the desired model (issue 20: a start logs why it serves
+    # what it serves); updated_at also moves with swap errors. NULL: published before this.
+    Migration(5, "desired_model_published_at", """
+ALTER TABLE sleepwell_desired_model ADD COLUMN published_at timestamptz;
+"""),
+    # The X-Request-ID of the POST that made the job: its start, finish and cancel log
+    # lines carry it (issue 20). NULL for jobs made before this.
+    Migration(6, "job_request_id", """
+ALTER TABLE sleepwell_jobs ADD COLUMN request_id text;
+"""),
 )
 
 

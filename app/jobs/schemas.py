@@ -62,6 +62,9 @@ class JobView(BaseModel):
     # Runs that reached the end. At-least-once delivery: 2+ means a duplicate run (its
     # result was discarded; the first final write wins).
     completions: int = 0
+    # A cancel was asked for. While "running", the run stops at its next denoising step;
+    # a run that finished first keeps its status and result.
+    cancel_requested: bool = False
     created_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None
@@ -79,6 +82,7 @@ class JobView(BaseModel):
             progress=JobProgress(step=row["progress_step"], steps=row["progress_steps"]),
             attempts=row["attempts"],
             completions=row.get("completions", 0),
+            cancel_requested=bool(row.get("cancel_requested", False)),
             created_at=row["created_at"],
             started_at=row["started_at"],
             finished_at=row["finished_at"],

@@ -7,9 +7,15 @@ serving what it has and tries again on its next reconcile.
 
 ``failed_revision`` names a published revision that a starting worker could not load; it
 holds until the next publish (a new revision), so no replica fails on it at every restart.
+
+A reset (``POST /admin/models/reset``) publishes ``model`` NULL with a new revision: back
+to the configured model. A row with revision 0 only ever held a swap error.
 """
 
 from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
 
 from psycopg.rows import dict_row
 
@@ -17,12 +23,13 @@ from app.jobs.database import Database
 from app.serving.desired_model import DesiredModel
 
 _UPSERT = """
-INSERT INTO sleepwell_desired_model (singleton, model, base, revision, error)
-VALUES (true, %(model)s, %(base)s, 1, NULL)
+INSERT INTO sleepwell_desired_model (singleton, model, base, revision, error, published_at)
+VALUES (true, %(model)s, %(base)s, 1, NULL, clock_timestamp())
 ON CONFLICT (singleton) DO UPDATE
    SET model = EXCLUDED.model, base = EXCLUDED.base, error = NULL,
-       revision = sleepwell_desired_model.revision + 1, updated_at = clock_timestamp()
-RETURNING model, base, revision
+       revision = sleepwell_desired_model.revision + 1, updated_at = clock_timestamp(),
+       published_at = clock_timestamp()
+RETURNING model, base, revision, published_at
 """
 
 _RECORD_ERROR = """
@@ -50,21 +57,20 @@ class DatabaseDesiredModelStore:
     async def read(self) -> DesiredModel | None:
         async with self.database.connection() as conn:
             cursor = conn.cursor(row_factory=dict_row)
-            await cursor.execute(
-                "SELECT model, base, revision, failed_revision FROM sleepwell_desired_model")
+            await cursor.execute("SELECT model, base, revision, failed_revision, published_at"
+                                 " FROM sleepwell_desired_model")
             row = await cursor.fetchone()
-        if row is None or row["model"] is None:
-            return None
-        return DesiredModel(model=row["model"], revision=int(row["revision"]), base=row["base"],
-                            failed=row["failed_revision"] == row["revision"])
+        if row is None or (row["model"] is None and row["revision"] == 0):
+            return None  # nothing published: at most a swap error recorded
+        return _desired(row, failed=row["failed_revision"] == row["revision"])
 
-    async def publish(self, model: str, base: str | None) -> DesiredModel | None:
+    async def publish(self, model: str | None, base: str | None) -> DesiredModel | None:
         async with self.database.connection() as conn:
             cursor = conn.cursor(row_factory=dict_row)
             await cursor.execute(_UPSERT, {"model": model, "base": base})
             row = await cursor.fetchone()
         assert row is not None  # RETURNING always yields the row
-        return DesiredModel(model=row["model"], revision=int(row["revision"]), base=row["base"])
+        return _desired(row, failed=False)
 
     async def record_error(self, message: str | None) -> None:
         async with self.database.connection() as conn:
@@ -79,3 +85,10 @@ class DatabaseDesiredModelStore:
     async def mark_failed(self, revision: int, message: str) -> None:
         async with self.database.connection() as conn:
             await conn.execute(_MARK_FAILED, {"message": message, "revision": revision})
+
+
+def _desired(row: dict[str, Any], failed: bool) -> DesiredModel:
+    published: datetime | None = row["published_at"]
+    return DesiredModel(model=row["model"], revision=int(row["revision"]), base=row["base"],
+                        failed=failed,
+                        published_at=published.timestamp() if published is not None else None)

@@ -80,6 +80,7 @@ class NewJob:
     steps: int
     webhook_url: str | None
     webhook_events: list[str]
+    request_id: str | None = None  # of the POST that made it, for the job's log lines
 
 
 class JobStore:
@@ -111,9 +112,10 @@ class JobStore:
                     return existing, False
             await cur.execute(
                 "INSERT INTO sleepwell_jobs (id, owner, idempotency_key, status, request,"
-                " seed, progress_steps, webhook_url, webhook_events) VALUES (%(id)s,"
-                " %(owner)s, %(idempotency_key)s, %(status)s, %(request)s, %(seed)s,"
-                " %(steps)s, %(webhook_url)s, %(webhook_events)s) RETURNING *", params)
+                " seed, progress_steps, webhook_url, webhook_events, request_id) VALUES"
+                " (%(id)s, %(owner)s, %(idempotency_key)s, %(status)s, %(request)s, %(seed)s,"
+                " %(steps)s, %(webhook_url)s, %(webhook_events)s, %(request_id)s) RETURNING *",
+                params)
             created = await cur.fetchone()
         assert created is not None
         return created, True

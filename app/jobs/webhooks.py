@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 from saq import Worker
+from saq.utils import cancel_tasks
 from standardwebhooks.webhooks import Webhook
 
 from app.jobs.queue import JobQueue
@@ -54,6 +55,16 @@ class _QuietWorker(Worker):  # type: ignore[type-arg]
 
     async def upkeep(self) -> list[asyncio.Task[None]]:
         return []
+
+    async def stop(self) -> None:
+        """Cancel our tasks, then let SAQ clean up. SAQ's own stop waits for them its
+        grace period (none: a cancelled delivery is retried) and then warns that "some
+        tasks did not finish", even when they were only idle dequeues: every shutdown."""
+        self.event.set()  # first: a cancelled task must not be replaced by a new one
+        tasks = list(self.tasks)
+        self.tasks.clear()
+        await cancel_tasks(tasks, self._cancellation_hard_deadline_s)
+        await super().stop()
 
 
 class Webhooks:

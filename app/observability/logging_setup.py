@@ -35,6 +35,22 @@ _FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 _RENAMES = {"asctime": "time", "levelname": "level", "name": "logger"}
 # Libraries that print through handlers of their own; they keep their own levels.
 _LIBRARY_LOGGERS = ("transformers", "diffusers", "py.warnings")
+# transformers 5 warns once per image-processor class diffusers imports (IP-adapter loaders,
+# a safety checker's feature extractor) that without torchvision it takes the PIL
+# implementation, transformers 4's. That is the setup we want: torchvision is no dependency
+# of ours, and an image processor only prepares a checker's input. So that one message is
+# dropped where it is made, and every other transformers warning still shows.
+_TORCHVISION_FALLBACK_LOGGER = "transformers.utils.import_utils"
+_TORCHVISION_FALLBACK = "requires torchvision (not installed); falling back to"
+# gunicorn's arbiter, reaping a worker that a signal ended.
+_WORKER_SIGNALLED = "Worker (pid:%s) was sent %s!"
+
+
+class TorchvisionFallbackFilter(logging.Filter):
+    """Drops transformers' "requires torchvision ... falling back to ...Pil" warnings."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return _TORCHVISION_FALLBACK not in record.getMessage()
 
 
 class SleepwellJsonFormatter(JsonFormatter):
@@ -46,6 +62,20 @@ class SleepwellJsonFormatter(JsonFormatter):
         super().add_fields(log_data, record, message_dict)
         log_data.pop("color_message", None)  # uvicorn's ANSI-coloured copy of the message
         log_data["pid"] = os.getpid()
+
+
+class WorkerStopSignalFilter(logging.Filter):
+    """gunicorn logs a worker that died of SIGTERM at INFO (a stop, as it says) and of any
+    other signal at WARNING. SIGINT and SIGQUIT are stops too: Ctrl-C on `make run` sends
+    SIGINT to every process of the terminal, and the master's quick shutdown sends SIGQUIT.
+    So those two are logged at INFO as well; a SIGKILL or a crash still warns."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        if (record.levelno == logging.WARNING and record.msg == _WORKER_SIGNALLED
+                and len(args) == 2 and args[1] in ("SIGINT", "SIGQUIT")):
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
 
 
 def json_formatter() -> logging.Formatter:
@@ -122,6 +152,7 @@ def configure_logging(settings: Settings) -> None:
     """
     handlers = handlers_for(settings)
     logging.captureWarnings(True)
+    _drop_torchvision_fallback_warnings()
     _disable_library_default_handlers()
     for name in ("sleepwell", "uvicorn.error", *_LIBRARY_LOGGERS):
         logger = logging.getLogger(name)
@@ -136,6 +167,12 @@ def configure_logging(settings: Settings) -> None:
     access.handlers = []
     access.setLevel(logging.WARNING)
     access.propagate = False
+
+
+def _drop_torchvision_fallback_warnings() -> None:
+    logger = logging.getLogger(_TORCHVISION_FALLBACK_LOGGER)
+    if not any(isinstance(known, TorchvisionFallbackFilter) for known in logger.filters):
+        logger.addFilter(TorchvisionFallbackFilter())
 
 
 def _disable_library_default_handlers() -> None:
@@ -172,12 +209,17 @@ def gunicorn_logconfig(settings: Settings) -> dict[str, Any]:
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {"json": {"()": "app.observability.logging_setup.json_formatter"}},
+        "filters": {"stops": {"()": "app.observability.logging_setup.WorkerStopSignalFilter"}},
         "handlers": handlers,
         "root": {"level": "WARNING", "handlers": names},
         "loggers": {
             "gunicorn.error": {"level": settings.log_level.upper(), "handlers": names,
-                               "propagate": False},
+                               "filters": ["stops"], "propagate": False},
             # One access line per request, with the request id: app.observability.access_log.
             "gunicorn.access": {"level": "WARNING", "handlers": [], "propagate": False},
+            # The master's own lines (embedded PostgreSQL, migrations, worker plan); the root
+            # logger's WARNING would drop their INFO. Workers configure their own logging.
+            "sleepwell": {"level": settings.log_level.upper(), "handlers": names,
+                          "propagate": False},
         },
     }

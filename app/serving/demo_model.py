@@ -127,8 +127,12 @@ def build_demo_pipeline(raw_tokenizer_dir: Path, seed: int = DEMO_SEED) -> Any:
     from transformers import CLIPTokenizer
 
     tokenizer = _make_tokenizer(CLIPTokenizer, raw_tokenizer_dir)
+    # steps_offset=1 as in Stable Diffusion's own scheduler config: the pipeline rewrites
+    # any other value on load with a multi-line FutureWarning. Euler's default "linspace"
+    # spacing never reads it, so the images are the same either way.
     scheduler = EulerDiscreteScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+        num_train_timesteps=1000, steps_offset=1,
     )
     return StableDiffusionPipeline(
         vae=_seeded(_vae, seed),

@@ -7,6 +7,9 @@ or in other pods need the database store (app/jobs), which implements the same m
 A published model that a starting worker could not load is marked failed (its revision, in
 a file beside the record): workers that start later load their configured model at once
 instead of failing on it again, until a new swap is published.
+
+A record whose ``model`` is None is a reset (``POST /admin/models/reset``): every worker
+goes back to its configured model, under its configured name.
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
@@ -32,7 +36,7 @@ class DesiredModelBackend(Protocol):
     @property
     def shared(self) -> bool: ...
     async def read(self) -> DesiredModel | None: ...
-    async def publish(self, model: str, base: str | None) -> DesiredModel | None: ...
+    async def publish(self, model: str | None, base: str | None) -> DesiredModel | None: ...
     async def record_error(self, message: str | None) -> None: ...
     async def read_error(self) -> str | None: ...
     async def mark_failed(self, revision: int, message: str) -> None: ...
@@ -40,10 +44,28 @@ class DesiredModelBackend(Protocol):
 
 @dataclass(frozen=True)
 class DesiredModel:
-    model: str
+    model: str | None  # None: back to the configured model (a reset)
     revision: int  # increases with every publish (nanosecond clock)
     base: str | None  # the SLEEPWELL_MODEL it was published over; None: the demo model
     failed: bool = False  # a starting worker could not load it: start on the configured one
+    # When (epoch seconds; None: not recorded). Not part of a record's identity.
+    published_at: float | None = field(default=None, compare=False)
+
+    def origin(self, configured: str) -> str:
+        """Why a worker serving this record serves what it serves, for the log and /health."""
+        when = "at an unknown time" if self.published_at is None else "at " + (
+            datetime.fromtimestamp(self.published_at, UTC).isoformat(timespec="seconds"))
+        if self.model is None:
+            return f"{configured}; an operator reset to it {when} via /admin/models/reset"
+        return (f"published by an operator {when} via /admin/models/load (over the "
+                f"configured model, {configured}); POST /admin/models/reset returns to it")
+
+
+def configured_origin(model: str | None) -> str:
+    """The configured model, said the way an operator would set it."""
+    if model is None:
+        return "configured (SLEEPWELL_MODEL unset: the demo model)"
+    return f"configured (SLEEPWELL_MODEL={model})"
 
 
 class DesiredModelStore:
@@ -80,9 +102,10 @@ class DesiredModelStore:
             return None
         try:
             raw = json.loads(self.path.read_text(encoding="utf-8"))
-            revision = int(raw["revision"])
-            return DesiredModel(model=str(raw["model"]), revision=revision,
-                                base=raw.get("base"), failed=self._failed_revision() == revision)
+            revision, model = int(raw["revision"]), raw["model"]
+            return DesiredModel(model=None if model is None else str(model), revision=revision,
+                                base=raw.get("base"), failed=self._failed_revision() == revision,
+                                published_at=revision / 1e9)
         except FileNotFoundError:
             return None
         except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -104,11 +127,13 @@ class DesiredModelStore:
         except (OSError, ValueError, KeyError, TypeError):
             return None  # none marked (or unreadable: then a starting worker just tries it)
 
-    async def publish(self, model: str, base: str | None) -> DesiredModel | None:
-        """Atomically record ``model`` as what every worker should serve."""
+    async def publish(self, model: str | None, base: str | None) -> DesiredModel | None:
+        """Atomically record ``model`` (None: the configured one) for every worker."""
         if self.path is None:
             return None
-        desired = DesiredModel(model=model, revision=time.time_ns(), base=base)
+        revision = time.time_ns()
+        desired = DesiredModel(model=model, revision=revision, base=base,
+                               published_at=revision / 1e9)
         record = {"model": model, "revision": desired.revision, "base": base}
         _write_atomically(self.path, json.dumps(record))
         return desired

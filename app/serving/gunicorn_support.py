@@ -1,4 +1,4 @@
-"""What gunicorn.conf.py needs: worker count, GPU slot assignment, metrics directory.
+"""What gunicorn.conf.py needs: worker count, GPU slots, metrics, state and runtime dirs.
 
 The master never imports torch or touches CUDA: the GPU count comes from NVML or from
 CUDA_VISIBLE_DEVICES, so forking stays safe (no preload_app).
@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import stat
 import tempfile
 import time
 from collections.abc import Callable, Iterable
@@ -117,3 +118,32 @@ def prepare_metrics_dir(settings: Settings) -> Path:
 def prepare_state_dir(settings: Settings) -> Path:
     """The directory workers share for the desired model; a master start forgets old swaps."""
     return _clean_dir(settings.state_dir, "sleepwell-state-", "SLEEPWELL_STATE_DIR")
+
+
+def prepare_runtime_dir(settings: Settings) -> Path | None:
+    """Give XDG_RUNTIME_DIR a private directory when the environment has none.
+
+    The embedded PostgreSQL's library asks platformdirs for the user's runtime directory
+    (its start/stop lock, a socket when the data path is too long for one); with the
+    variable unset, platformdirs warns at every start and falls back to a temp directory.
+    We name one of the same kind: per user (so instances still share that lock),
+    short (socket paths), mode 0700. A path that is not ours is left alone: then the
+    library's own warning says why, through the JSON log. Returns the directory in use.
+    """
+    if settings.xdg_runtime_dir is not None:  # the environment's, or one from .env
+        os.environ["XDG_RUNTIME_DIR"] = str(settings.xdg_runtime_dir)
+        return settings.xdg_runtime_dir
+    directory = Path(tempfile.gettempdir()) / f"sleepwell-runtime-{os.getuid()}"
+    try:
+        directory.mkdir(mode=0o700, exist_ok=True)
+        info = directory.lstat()
+    except OSError as exc:
+        logger.warning("cannot make a runtime directory at %s: %s", directory, exc)
+        return None
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+        logger.warning("%s is not a directory of this user; XDG_RUNTIME_DIR stays unset",
+                       directory)
+        return None
+    directory.chmod(0o700)  # platformdirs accepts exactly 0700
+    os.environ["XDG_RUNTIME_DIR"] = str(directory)
+    return directory

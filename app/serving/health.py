@@ -44,6 +44,8 @@ class HealthFacts:
     last_error: str | None = None
     swap_error: str | None = None
     model_mismatch: str | None = None  # a swap this worker could not apply yet
+    # Why the served model is the one served: configured, or published by an operator when.
+    model_origin: str | None = None
     # Set once this worker knows it cannot serve again and is on its way out (stalled,
     # scheduler dead, model failed to load); sticky, so no probe sees it alive meanwhile.
     fatal: str | None = None
@@ -127,7 +129,11 @@ class Health:
         return not reasons, body
 
     def report(self) -> tuple[bool, dict[str, Any]]:
-        """The deep report, in the widely used {status, checks, gpu_memory} shape."""
+        """The deep report, in the widely used {status, checks, gpu_memory} shape.
+
+        ``status`` is "healthy", "unhealthy" (503: this worker cannot serve images) or
+        "degraded" (200: images serve, something else does not: see ``with_jobs``).
+        """
         reasons = self.unready_reasons()
         gpu = self.facts.gpu
         gpu_check = None if gpu is None and not self.facts.gpu_required else bool(gpu and gpu.ok)
@@ -143,6 +149,7 @@ class Health:
             "uptime_s": round(time.monotonic() - self.facts.started_at, 3),
             "model": model.name if model else self.settings.served_model_name,
             "model_source": model.source if model else None,
+            "model_origin": self.facts.model_origin,
             "device": str(model.device) if model else None,
             "version": __version__,
             "queue_depth": len(self.runner.queue),
@@ -157,3 +164,18 @@ class Health:
                        "cores": self.engine.cores},
         }
         return healthy, body
+
+
+def with_jobs(healthy: bool, body: dict[str, Any], available: bool,
+              error: str | None) -> dict[str, Any]:
+    """Add the jobs check to a deep report. A jobs outage never fails it (HTTP 200: the image
+    API does not need the database, and /health/ready stays green), but a healthy worker
+    whose jobs cannot run is "degraded", with the reason, never "healthy"."""
+    body["checks"]["jobs"] = available
+    if not available:
+        reason = error or "not connected yet"
+        body["jobs_error"] = reason
+        body["reasons"] = [*body["reasons"], f"jobs unavailable: {reason}"]
+        if healthy:
+            body["status"] = "degraded"
+    return body

@@ -13,6 +13,12 @@ import torch
 from app.errors import ServiceUnavailable
 from app.serving.budget import MemoryBudget
 from app.serving.demo_model import ensure_demo_model
+from app.serving.device_check import (
+    TorchBuild,
+    cpu_only_torch_problem,
+    gpu_evidence,
+    unreachable_gpu_problem,
+)
 from app.settings import DeviceChoice, DtypeChoice, Settings, is_local_path
 
 logger = logging.getLogger("sleepwell.model")
@@ -32,15 +38,31 @@ class DeviceUnavailable(ModelLoadError):
     code = "device_unavailable"
 
 
-def resolve_device(choice: DeviceChoice) -> torch.device:
+def resolve_device(settings: Settings) -> torch.device:
+    choice = settings.device
     if choice is DeviceChoice.CPU:
         return torch.device("cpu")
     if torch.cuda.is_available():
         # Each worker sees exactly one GPU (CUDA_VISIBLE_DEVICES is set per slot).
         return torch.device("cuda", 0)
+    build = TorchBuild(torch.__version__, torch.version.cuda, torch.version.hip)
+    evidence = gpu_evidence(settings, _visible_ids(settings.cuda_visible_devices))
+    if build.drives_gpus:
+        problem = unreachable_gpu_problem(build, evidence, choice, settings.cuda_visible_devices)
+    else:
+        problem = cpu_only_torch_problem(build, evidence, choice)
     if choice is DeviceChoice.CUDA:
-        raise DeviceUnavailable("SLEEPWELL_DEVICE=cuda but no usable CUDA device is visible")
+        raise DeviceUnavailable(problem)
+    # Under gunicorn the master has already said it once for a CPU-only torch (plan_gpus);
+    # a GPU build that finds no GPU is only seen here, after the fork.
+    said_by_master = settings.worker_slot is not None and not build.drives_gpus
+    if evidence is not None and not said_by_master:
+        logger.warning(problem)
     return torch.device("cpu")
+
+
+def _visible_ids(cuda_visible_devices: str | None) -> list[str]:
+    return [part for part in (cuda_visible_devices or "").split(",") if part.strip()]
 
 
 def resolve_dtype(choice: DtypeChoice, device: torch.device) -> torch.dtype:
@@ -90,7 +112,7 @@ def load_model(settings: Settings) -> LoadedModel:
         # More threads than cores (several workers on one box) makes OpenMP spin-wait for
         # descheduled threads: every step slows down many times over.
         torch.set_num_threads(settings.torch_threads)
-    device = resolve_device(settings.device)
+    device = resolve_device(settings)
     dtype = resolve_dtype(settings.dtype, device)
     source = model_source(settings)
     if is_local_path(source) and not Path(source).expanduser().is_dir():
@@ -142,12 +164,22 @@ _WARMUP_STEPS = 2
 
 
 def _warm_up(pipeline: Any, width: int, height: int) -> float:
-    """One small generation; returns its seconds per step (the first estimate of speed)."""
+    """One small generation; returns the seconds its last step took (the first estimate of
+    speed, which the playground's size offer and Retry-After start from)."""
     # The first call pays for kernel selection and allocator growth; do it before READY.
+    # That first step is no measure of speed (on a CPU, 40x a later one): time the last.
+    step_ends: list[float] = []
+
+    def note_step(_pipe: Any, _step: int, _timestep: Any, kwargs: dict[str, Any]) -> Any:
+        step_ends.append(time.monotonic())
+        return kwargs
+
     started = time.monotonic()
     with torch.inference_mode():
         pipeline(prompt="warm-up", width=width, height=height,
-                 num_inference_steps=_WARMUP_STEPS)
+                 num_inference_steps=_WARMUP_STEPS, callback_on_step_end=note_step)
     seconds = time.monotonic() - started
     logger.info("warm-up generation took %.2fs", seconds)
+    if len(step_ends) >= 2:
+        return step_ends[-1] - step_ends[-2]
     return seconds / _WARMUP_STEPS

@@ -15,6 +15,11 @@ on a worker that has not switched yet, gets 503 ``model_switching`` (retry), nev
 
 A published swap holds until the configured model (``SLEEPWELL_MODEL``) changes: the record
 names the configured model it was made over, and a worker configured otherwise ignores it.
+With the jobs database it outlives restarts, so each worker logs at start which model it
+serves and why (configured, or published by an operator at a given time), and /health
+shows it as ``model_origin``. ``POST /admin/models/reset`` goes back to the configured model
+under its configured name: it is published like a swap (a record naming no model), so
+every worker converges the same way and a restart keeps it.
 
 A bad published model must not crash-loop every replica. A (re)starting worker that cannot
 load it falls back to its configured model (it has no other model that loaded), counts the
@@ -39,7 +44,7 @@ from collections.abc import Awaitable, Callable
 from app import __version__
 from app.errors import SleepwellError
 from app.observability import metrics
-from app.serving.desired_model import DesiredModel, DesiredModelBackend
+from app.serving.desired_model import DesiredModel, DesiredModelBackend, configured_origin
 from app.serving.engine import Engine, InferenceThread
 from app.serving.health import HealthFacts
 from app.serving.model import LoadedModel, load_model
@@ -66,6 +71,7 @@ class ModelSwapper:
         self.facts = facts  # swap errors and a lasting mismatch are reported in /health
         self.applied_revision = 0
         self.switching_to: str | None = None  # served name of a model not installed yet
+        self.serving_configured = False  # the installed model is SLEEPWELL_MODEL, as named
         self._lock = asyncio.Lock()
         self._retry_in_s = _FIRST_RETRY_S
         self._next_attempt = 0.0
@@ -78,6 +84,19 @@ class ModelSwapper:
     def _applies(self, desired: DesiredModel | None) -> bool:
         return desired is not None and desired.base == self.settings.model
 
+    def _serves(self, desired: DesiredModel, model: LoadedModel) -> bool:
+        """Whether ``model`` (installed here) is the one ``desired`` asks for."""
+        if self.settings_for(desired.model) is self.settings:
+            return self.serving_configured
+        return desired.model == model.source
+
+    def _served(self, model: LoadedModel, origin: str, configured: bool) -> LoadedModel:
+        self.serving_configured = configured
+        self.facts.model_origin = origin
+        logger.info("serving model %s (%s): %s", model.name, model.source, origin,
+                    extra={"model": model.name, "model_origin": origin})
+        return model
+
     async def load_at_start(
         self, load: Callable[[Settings], Awaitable[LoadedModel]]
     ) -> LoadedModel:
@@ -86,24 +105,28 @@ class ModelSwapper:
         A published model that fails to load falls back to the configured one (see the
         module docstring); only the configured model failing raises.
         """
+        configured = configured_origin(self.settings.model)
         desired = await self._published_at_start()
         if desired is None:
-            return await load(self.settings)
+            return self._served(await load(self.settings), configured, True)
         self.applied_revision = desired.revision
         published = self.settings_for(desired.model)
+        origin = desired.origin(configured)
         if published is self.settings:  # the configured model: no fallback from it
-            return await load(published)
+            return self._served(await load(published), origin, True)
+        fallback = (f"{configured}; the model published by an operator, {desired.model!r}, "
+                    "failed to load on a starting worker")
         if desired.failed:
             logger.warning("published model %r failed to load on a worker before; loading "
                            "the configured model %r", desired.model,
                            self.settings.served_model_name)
-            return await load(self.settings)
+            return self._served(await load(self.settings), fallback, True)
         try:
-            return await load(published)
+            return self._served(await load(published), origin, False)
         except Exception as exc:
             reason = record_failed_load(exc, f"published model {desired.model!r}")
         await self._mark_failed(desired, reason)
-        return await load(self.settings)
+        return self._served(await load(self.settings), fallback, True)
 
     async def _published_at_start(self) -> DesiredModel | None:
         """The published record if it applies to us. A store that cannot be read (the
@@ -130,17 +153,22 @@ class ModelSwapper:
         except Exception as exc:  # the fallback still happens; the next start tries again
             logger.warning("could not mark the published model failed: %s", exc)
 
-    async def swap(self, source: str) -> tuple[LoadedModel, str | None]:
-        """Load ``source`` on a helper thread, then install it on the inference thread."""
+    async def swap(self, source: str | None) -> tuple[LoadedModel, str | None]:
+        """Load ``source`` (None: the configured model) on a helper thread, then install it
+        on the inference thread."""
         async with self._lock:
             started = time.monotonic()
+            wanted = self.settings_for(source)
+            if source is None:
+                source = wanted.model or wanted.served_model_name  # for the messages
             try:
-                new = await asyncio.to_thread(load_model, self.settings_for(source))
+                new = await asyncio.to_thread(load_model, wanted)
             except Exception as exc:
                 self.facts.swap_error = f"loading {source!r} failed: {exc}"
                 await self.store.record_error(self.facts.swap_error)
                 raise
             old_name = await self.thread.run(lambda: self.engine.install(new))
+            self.serving_configured = wanted is self.settings
             self.facts.swap_error = None
             if old_name is not None:
                 metrics.BUILD_INFO.labels(version=__version__, model=old_name).set(0)
@@ -149,11 +177,19 @@ class ModelSwapper:
                         time.monotonic() - started)
             return new, old_name
 
-    async def swap_everywhere(self, source: str) -> tuple[LoadedModel, str | None]:
-        """Swap here first; publish to the other workers only if it worked."""
-        new, old_name = await self.swap(source)
+    async def swap_everywhere(self, source: str | None) -> tuple[LoadedModel, str | None]:
+        """Swap here first; publish to the other workers only if it worked. ``None``: the
+        configured model (a reset; not loaded again if this worker already serves it)."""
+        model = self.engine.model
+        new, old_name = (model, model.name) if (
+            source is None and self.serving_configured and model is not None
+        ) else await self.swap(source)
         await self.store.record_error(None)
         desired = await self.store.publish(source, self.settings.model)
+        configured = configured_origin(self.settings.model)
+        self.facts.model_origin = desired.origin(configured) if desired else (
+            configured if source is None else "loaded by an operator via /admin/models/"
+            "load; not shared (no state directory)")
         if desired is not None:
             self.applied_revision = desired.revision
         self._converged()
@@ -172,7 +208,7 @@ class ModelSwapper:
                 return None
             model = self.engine.model
             if desired is not None and self._applies(desired) and not desired.failed and (
-                    model is not None and desired.model != model.source):
+                    model is not None and not self._serves(desired, model)):
                 return self.settings_for(desired.model).served_model_name
         return self.switching_to
 
@@ -191,8 +227,10 @@ class ModelSwapper:
         model = self.engine.model
         if model is None or not self._applies(desired) or desired is None:
             return  # still loading (load_at_start chooses), or nothing published for us
-        if desired.revision == self.applied_revision or desired.model == model.source or (
+        if desired.revision == self.applied_revision or self._serves(desired, model) or (
                 desired.failed):  # never retried by itself: see the module docstring
+            if desired.revision != self.applied_revision and not desired.failed:
+                self.facts.model_origin = desired.origin(configured_origin(self.settings.model))
             self.applied_revision = desired.revision
             self._converged()
             return
@@ -202,9 +240,10 @@ class ModelSwapper:
         try:
             await self.swap(desired.model)
         except Exception as exc:
-            self._failed_attempt(model.name, desired.model, exc)
+            self._failed_attempt(model.name, self.switching_to, exc)
             return
         self.applied_revision = desired.revision
+        self.facts.model_origin = desired.origin(configured_origin(self.settings.model))
         self._converged()
 
     def _failed_attempt(self, serving: str, wanted: str, exc: Exception) -> None:

@@ -73,6 +73,11 @@ class Service:
         model = self.engine.model
         return model.name if model is not None else self.settings.served_model_name
 
+    async def wait_started(self) -> LoadedModel | None:
+        """The model once the start-up load has ended; None if it failed or a drain began."""
+        await self._waiters_released.wait()
+        return self.engine.model
+
     # --- lifecycle --------------------------------------------------------------------
     async def start(self) -> None:
         # The inference thread holds the GIL through the pipeline's Python code; a 1 ms

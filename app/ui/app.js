@@ -8,6 +8,7 @@
 "use strict";
 
 (() => {
+  const ESTIMATE = window.SleepwellEstimate;  // estimate.js, loaded first
   const API_URL = "../v1/images/generations";
   const HEALTH_URL = "../health";
   const CONFIG_URL = "config.json";
@@ -39,12 +40,12 @@
     error: $("error"), errorTitle: $("error-title"), errorCode: $("error-code"),
     errorMessage: $("error-message"), errorRetry: $("error-retry"), results: $("results"),
     empty: $("empty"), announce: $("announce"), output: $("output"), serviceState: $("service-state"),
-    serviceModel: $("service-model"), serviceDevice: $("service-device"),
+    serviceModel: $("service-model"), serviceDevice: $("service-device"), estimate: $("estimate"),
   };
 
   const state = {
     config: null, controller: null, run: null, ticker: null, retryTimer: null, urls: [],
-    healthTimer: null,
+    healthTimer: null, fits: new Map(),
   };
 
   // --- storage (a browser may refuse it: private mode, policies) -----------------------
@@ -112,23 +113,60 @@
     if (defaults.steps) el.steps.value = String(defaults.steps);
     if (defaults.guidance_scale !== undefined) el.guidance.value = String(defaults.guidance_scale);
     if (limits.max_prompt_chars) el.prompt.maxLength = limits.max_prompt_chars;
-    fillSizes(config && config.native_size, limits.max_pixels);
+    fillSizes(config, limits);
+    updateEstimate();
     // Unknown (no config): offer the field; a 401 would ask for it anyway.
     const keyNeeded = !config || config.auth_required;
     el.keyField.hidden = !keyNeeded;
     el.key.value = storedKey();
   }
 
-  function fillSizes(native, maxPixels) {
-    const fits = (size) => {
+  // The server says which sizes this worker can finish inside the deadline (config.sizes);
+  // one it cannot finish even at one step is shown but disabled.
+  function fillSizes(config, limits) {
+    const native = config && config.native_size;
+    const fits = new Map(((config && config.sizes) || []).map((fit) => [fit.size, fit]));
+    const withinPixels = (size) => {
       const [w, h] = size.split("x").map(Number);
-      return !maxPixels || w * h <= maxPixels;
+      return !limits.max_pixels || w * h <= limits.max_pixels;
     };
+    const sizes = fits.size ? [...fits.keys()] : SIZES.filter(withinPixels);
+    const label = (size) => ESTIMATE.sizeLabel(size, fits.get(size), limits.max_steps);
+    state.fits = fits;
     el.size.replaceChildren();
-    el.size.append(new Option(native ? `Model default (${native})` : "Model default", ""));
-    for (const size of SIZES.filter(fits)) {
-      el.size.append(new Option(size.replace("x", " × "), size));
+    const byDefault = new Option(native ? `Model default (${native.replace("x", " × ")})`
+      : "Model default", "");
+    byDefault.disabled = ESTIMATE.tooSlow(fits.get(native));
+    el.size.append(byDefault);
+    for (const size of sizes) {
+      const option = new Option(label(size), size);
+      option.disabled = ESTIMATE.tooSlow(fits.get(size));
+      el.size.append(option);
     }
+    if (byDefault.disabled) startOnLargestUsable(byDefault);
+  }
+
+  // The model's own size is too slow here: preselect the largest size that is not.
+  function startOnLargestUsable(byDefault) {
+    const pixels = (option) => option.value.split("x").reduce((a, b) => a * Number(b), 1);
+    const usable = [...el.size.options].filter((option) => !option.disabled);
+    if (!usable.length) {
+      byDefault.disabled = false;  // nothing fits: the estimate line says so
+      return;
+    }
+    el.size.value = usable.reduce((best, option) => (pixels(option) > pixels(best) ? option : best))
+      .value;
+  }
+
+  function updateEstimate() {
+    const config = state.config || {};
+    const size = el.size.value || config.native_size;
+    const steps = el.steps.value === "" ? (config.defaults || {}).steps : Number(el.steps.value);
+    const n = el.n.value === "" ? 1 : Number(el.n.value);
+    const verdict = ESTIMATE.assess(state.fits.get(size), steps, n, config.deadline_s);
+    el.estimate.hidden = !verdict;
+    el.estimate.dataset.level = verdict ? verdict.level : "";
+    el.estimate.textContent = verdict ? verdict.text : "";
   }
 
   // --- reading the form ----------------------------------------------------------------
@@ -553,6 +591,10 @@
   el.form.addEventListener("input", (event) => {
     if (event.target.hasAttribute("aria-invalid")) event.target.removeAttribute("aria-invalid");
   });
+  for (const input of [el.size, el.steps, el.n]) {
+    input.addEventListener("input", updateEstimate);
+    input.addEventListener("change", updateEstimate);
+  }
   el.cancel.addEventListener("click", cancel);
   el.seedRandom.addEventListener("click", () => {
     el.seed.value = String(crypto.getRandomValues(new Uint32Array(1))[0]);

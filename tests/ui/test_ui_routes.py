@@ -11,7 +11,7 @@ from app.api.routers.ui import UI_DIR
 from app.main import create_app
 from app.settings import Settings
 
-STATIC = ["index.html", "app.css", "app.js", "favicon.svg"]
+STATIC = ["index.html", "app.css", "app.js", "estimate.js", "favicon.svg"]
 
 
 def client(**settings: object) -> TestClient:
@@ -28,7 +28,7 @@ def test_ui_redirect_is_relative_so_a_proxy_prefix_survives() -> None:
 @pytest.mark.parametrize(
     ("path", "media_type"),
     [("/ui/", "text/html"), ("/ui/app.css", "text/css"), ("/ui/app.js", "text/javascript"),
-     ("/ui/favicon.svg", "image/svg+xml")],
+     ("/ui/estimate.js", "text/javascript"), ("/ui/favicon.svg", "image/svg+xml")],
 )
 def test_ui_files_load_without_a_key_with_a_strict_csp(path: str, media_type: str) -> None:
     app = client(api_keys="sk-secret")

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from app.api.deps import ServiceDep
+from app.serving.health import with_jobs
 
 router = APIRouter(tags=["health"])
 
@@ -33,14 +34,13 @@ async def ready(service: ServiceDep) -> JSONResponse:
 
 @router.get("/health")
 async def deep(service: ServiceDep, request: Request) -> JSONResponse:
+    """200 "healthy" or "degraded" (images serve, jobs cannot run); 503 "unhealthy"."""
     ok, body = service.health.report()
-    # --- jobs (issue 10): the job database's state, shown but never failing the report:
-    # the sync API does not need the database, so an outage must not take this replica out
-    # of rotation (readiness stays green); job endpoints answer 503 + Retry-After instead.
-    jobs = getattr(request.app.state, "jobs", None)
+    # Jobs (issue 10): shown, and a jobs outage makes a healthy worker "degraded" (issue 20),
+    # but never fails the report: the sync API does not need the database (see with_jobs).
     if getattr(request.app.state.settings, "jobs_enabled", False):
-        body["checks"]["jobs"] = bool(jobs is not None and jobs.available)
-        if jobs is not None and not jobs.available:
-            body["jobs_error"] = jobs.last_error
-    # --- end jobs
+        jobs = getattr(request.app.state, "jobs", None)
+        available = bool(jobs is not None and jobs.available)
+        error = jobs.last_error if jobs is not None and not available else None
+        body = with_jobs(ok, body, available, error)
     return _answer(ok, body)

@@ -18,6 +18,7 @@ from app.errors import Forbidden, InvalidRequest, NotFound, ServiceUnavailable
 from app.jobs.component import JobsComponent
 from app.jobs.database import DATABASE_DOWN, UNAVAILABLE_ERRORS
 from app.jobs.events import job_events
+from app.jobs.job_log import log_cancel_requested
 from app.jobs.schemas import FINAL_STATUSES, JobCreateRequest, JobList, JobStatus, JobView
 from app.jobs.ssrf import check_target
 from app.jobs.store import NewJob
@@ -98,6 +99,7 @@ async def create_job(
         id=f"job_{uuid.uuid4().hex}", owner=owner_of(request), idempotency_key=idempotency_key,
         request=generation_body.model_dump(mode="json"), seed=seed, steps=steps,
         webhook_url=body.webhook, webhook_events=list(body.webhook_events),
+        request_id=request_id,
     )
     row, created = await jobs.store.create(new)
     if created:
@@ -135,13 +137,15 @@ async def job_event_stream(job_id: str, request: Request) -> EventSourceResponse
 
 
 @router.post("/v1/jobs/{job_id}/cancel", response_model=JobView)
-async def cancel_job(job_id: str, request: Request) -> JSONResponse:
-    """Queued: never runs. Running: stops at the next denoising step. Final: unchanged."""
+async def cancel_job(job_id: str, request: Request, request_id: RequestIdDep) -> JSONResponse:
+    """Queued: never runs. Running: ``cancel_requested``, stops at the next denoising step.
+    Final: unchanged."""
     jobs = get_jobs(request)
     row = await _owned(jobs, job_id, request)
     if JobStatus(row["status"]) in FINAL_STATUSES:
         return _answer(JobView.from_row(row))
     cancelled = await jobs.store.request_cancel(job_id)
+    log_cancel_requested(row, cancelled, request_id)
     if cancelled is not None and cancelled["status"] == JobStatus.CANCELLED.value:
         metrics.JOBS.labels(status="cancelled").inc()
         await jobs.queue.abort_queued(job_id)

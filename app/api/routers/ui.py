@@ -18,6 +18,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from app.api.deps import ServiceDep, SettingsDep
 from app.errors import NotFound
 from app.security.keys import SecurityConfigError, configured_api_keys
+from app.serving.run_estimate import size_fits
 
 router = APIRouter(tags=["ui"], include_in_schema=False)
 
@@ -25,6 +26,7 @@ UI_DIR = Path(__file__).resolve().parents[2] / "ui"
 _ASSETS = {
     "app.css": "text/css; charset=utf-8",
     "app.js": "text/javascript; charset=utf-8",
+    "estimate.js": "text/javascript; charset=utf-8",
     "favicon.svg": "image/svg+xml",
 }
 # The key typed into the page sits in localStorage, so no script but ours may ever run.
@@ -53,7 +55,8 @@ async def ui_page() -> FileResponse:
 
 @router.get("/ui/config.json")
 async def ui_config(settings: SettingsDep, service: ServiceDep) -> JSONResponse:
-    """What the form needs: whether to ask for a key, the limits, the defaults."""
+    """What the form needs: whether to ask for a key, the limits, the defaults, and the
+    sizes this worker can finish inside the request deadline (app/serving/run_estimate.py)."""
     model = service.engine.model
     native = f"{model.native_width}x{model.native_height}" if model is not None else None
     try:
@@ -75,6 +78,8 @@ async def ui_config(settings: SettingsDep, service: ServiceDep) -> JSONResponse:
             "steps": settings.default_steps,
             "guidance_scale": settings.default_guidance_scale,
         },
+        "deadline_s": settings.request_timeout_s,
+        "sizes": size_fits(model, settings),
     }
     return JSONResponse(body, headers={"Cache-Control": "no-store"})
 
