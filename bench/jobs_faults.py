@@ -47,6 +47,7 @@ from app.settings import Settings  # noqa: E402
 from tests.jobs.helpers import auth  # noqa: E402
 from tests.jobs.postgres import TestPostgres, paused, query  # noqa: E402
 from tests.support.server import RunningServer, free_port, gunicorn_server  # noqa: E402
+from tests.support.waiting import wait_until  # noqa: E402
 
 KEY = "bench-key"
 PROMPT = "[[slow=0.15]] a lighthouse at night"  # ~0.6 s a job: kills land mid-job
@@ -120,11 +121,8 @@ class Batch:
         return sum(self.counts().get(status, 0) for status in FINAL)
 
     def wait_ended(self, at_least: int, timeout: float = 900) -> None:
-        deadline = time.monotonic() + timeout
-        while self.ended() < at_least:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"fewer than {at_least} ended: {self.counts()}")
-            time.sleep(0.2)
+        wait_until(lambda: self.ended() >= at_least, timeout, period=0.2,
+                   what=f"{at_least} jobs ended")
 
     def open_runs(self) -> list[tuple[str, int]]:
         rows = query(self.url, "SELECT job_id, worker FROM sleepwell_job_runs WHERE"
@@ -150,14 +148,8 @@ def submit(ports: list[int], url: str, total: int) -> Batch:
 
 
 def kill_busy_worker(batch: Batch, server: RunningServer) -> None:
-    deadline = time.monotonic() + 120
-    while True:
-        busy = {pid for _, pid in batch.open_runs()} & set(server.worker_pids())
-        if busy:
-            break
-        if time.monotonic() > deadline:
-            raise TimeoutError("no worker was running a job")
-        time.sleep(0.05)
+    busy = wait_until(lambda: {pid for _, pid in batch.open_runs()} & set(server.worker_pids()),
+                      120, period=0.05, what="a worker running a job")
     pid = min(busy)
     os.kill(pid, signal.SIGKILL)
     batch.kills[pid] = time.time()

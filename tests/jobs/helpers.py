@@ -9,12 +9,32 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
+if TYPE_CHECKING:
+    from tests.jobs.postgres import TestPostgres
+    from tests.support.server import RunningServer
+
 FINAL = {"succeeded", "failed", "cancelled"}
 WEBHOOK_SECRET = "whsec_" + "c2xlZXB3ZWxsLXRlc3Qtd2ViaG9vay1zZWNyZXQ="
+
+
+@dataclass
+class Served:
+    """A module's jobs server and the PostgreSQL (and database ``url``) it uses."""
+
+    postgres: TestPostgres
+    url: str
+    server: RunningServer
+
+
+def jobs_env(url: str, key: str, **settings: str) -> dict[str, str]:
+    """A jobs server's environment: database ``url``, API key ``key``, fault injection on (the
+    slow and stall prompts); ``settings`` add or override SLEEPWELL_* entries."""
+    return {"SLEEPWELL_JOBS_ENABLED": "true", "SLEEPWELL_DATABASE_URL": url,
+            "SLEEPWELL_FAULT_INJECTION": "true", "SLEEPWELL_API_KEYS": key, **settings}
 
 
 def auth(key: str) -> dict[str, str]:

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.jobs.helpers import auth, submit, wait_final, wait_job
+from tests.jobs.helpers import auth, jobs_env, submit, wait_final, wait_job
 from tests.jobs.postgres import TestPostgres
 from tests.support.server import RunningServer, gunicorn_server
 from tests.support.waiting import wait_until
@@ -23,14 +23,9 @@ LOG_WAIT_S = 30
 
 @pytest.fixture(scope="module")
 def server(postgres: TestPostgres) -> Iterator[RunningServer]:
-    env = {
-        "SLEEPWELL_JOBS_ENABLED": "true",
-        "SLEEPWELL_DATABASE_URL": postgres.new_database(),
-        "SLEEPWELL_FAULT_INJECTION": "true",
-        "SLEEPWELL_API_KEYS": KEY,
-        "SLEEPWELL_JOB_PROGRESS_INTERVAL_S": "0.1",
-        "SLEEPWELL_MAX_BATCH_SIZE": "1",  # one job at a time: the next one stays queued
-    }
+    # SLEEPWELL_MAX_BATCH_SIZE 1: one job at a time, so the next one stays queued.
+    env = jobs_env(postgres.new_database(), KEY, SLEEPWELL_JOB_PROGRESS_INTERVAL_S="0.1",
+                   SLEEPWELL_MAX_BATCH_SIZE="1")
     with gunicorn_server(env) as running, running.client() as client:
         wait_until(lambda: client.get("/health").json()["checks"].get("jobs") is True, 60,
                    period=0.1, what="the jobs component connected")

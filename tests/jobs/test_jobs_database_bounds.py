@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -20,10 +19,10 @@ import pytest
 from app.errors import ServiceUnavailable
 from app.jobs.database import Connection, Database, connection_kwargs, hold_limit_s
 from app.settings import Settings
-from tests.jobs.helpers import auth, submit, wait_final, wait_job
+from tests.jobs.helpers import Served, auth, jobs_env, submit, wait_final, wait_job
 from tests.jobs.postgres import TestPostgres, paused, query, running_postgres
 from tests.jobs.test_jobs_api import wait_health_jobs
-from tests.support.server import RunningServer, gunicorn_server
+from tests.support.server import gunicorn_server
 
 KEY = "key-bounds"
 TIMEOUT_S = 1.0  # SLEEPWELL_DATABASE_TIMEOUT_S here
@@ -128,25 +127,12 @@ FREEZE_S = 10.0  # like bench/jobs_faults.py (c); under the default stuck-after 
 WORKER_TIMEOUT_S = 8
 
 
-@dataclass
-class Served:
-    postgres: TestPostgres
-    url: str
-    server: RunningServer
-
-
 @pytest.fixture(scope="module")
 def served(frozen_postgres: TestPostgres) -> Iterator[Served]:
     url = frozen_postgres.new_database()
-    env = {
-        "SLEEPWELL_JOBS_ENABLED": "true",
-        "SLEEPWELL_DATABASE_URL": url,
-        "SLEEPWELL_API_KEYS": KEY,
-        "SLEEPWELL_DATABASE_TIMEOUT_S": str(TIMEOUT_S),
-        "SLEEPWELL_JOBS_PROBE_INTERVAL_S": "0.5",
-        "SLEEPWELL_FAULT_INJECTION": "true",  # the slow prompt
-        "SLEEPWELL_WORKER_TIMEOUT_S": str(WORKER_TIMEOUT_S),
-    }
+    env = jobs_env(url, KEY, SLEEPWELL_DATABASE_TIMEOUT_S=str(TIMEOUT_S),
+                   SLEEPWELL_JOBS_PROBE_INTERVAL_S="0.5",
+                   SLEEPWELL_WORKER_TIMEOUT_S=str(WORKER_TIMEOUT_S))
     with gunicorn_server(env) as server:
         yield Served(frozen_postgres, url, server)
 

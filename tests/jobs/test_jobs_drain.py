@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.jobs.helpers import submit, wait_final, wait_job
+from tests.jobs.helpers import jobs_env, submit, wait_final, wait_job
 from tests.jobs.postgres import TestPostgres, query
 from tests.jobs.test_jobs_api import wait_health_jobs
 from tests.support.server import gunicorn_server
@@ -19,13 +19,7 @@ def test_jobs_sigterm_hands_a_running_job_back_and_another_instance_finishes_it(
     postgres: TestPostgres,
 ) -> None:
     url = postgres.new_database()
-    env = {
-        "SLEEPWELL_JOBS_ENABLED": "true",
-        "SLEEPWELL_DATABASE_URL": url,
-        "SLEEPWELL_FAULT_INJECTION": "true",
-        "SLEEPWELL_API_KEYS": KEY,
-        "SLEEPWELL_GRACEFUL_TIMEOUT_S": "3",  # far shorter than the job
-    }
+    env = jobs_env(url, KEY, SLEEPWELL_GRACEFUL_TIMEOUT_S="3")  # far shorter than the job
     # Both replicas boot at once (each start is seconds of model loading), then both ready.
     with gunicorn_server(env, wait=False) as first, gunicorn_server(env, wait=False) as second, \
             first.client(timeout=30) as client_a, second.client(timeout=30) as client_b:

@@ -14,14 +14,13 @@ import os
 import signal
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.jobs.helpers import auth, submit, wait_final, wait_job
-from tests.jobs.postgres import TestPostgres, query, running_postgres
+from tests.jobs.helpers import Served, auth, jobs_env, submit, wait_final, wait_job
+from tests.jobs.postgres import query, running_postgres
 from tests.jobs.test_jobs_api import wait_health_jobs
 from tests.support.scrape import value
 from tests.support.server import RunningServer, gunicorn_server
@@ -31,26 +30,13 @@ KEY = "key-faults"
 SLOW = "[[slow=0.2]] a fox"
 
 
-@dataclass
-class Served:
-    postgres: TestPostgres
-    url: str
-    server: RunningServer
-
-
 @pytest.fixture(scope="module")
 def served() -> Iterator[Served]:
     # Not the session's PostgreSQL: this one gets stopped and started again.
     with running_postgres() as postgres:
         url = postgres.new_database()
-        env = {
-            "SLEEPWELL_JOBS_ENABLED": "true",
-            "SLEEPWELL_DATABASE_URL": url,
-            "SLEEPWELL_FAULT_INJECTION": "true",
-            "SLEEPWELL_API_KEYS": KEY,
-            "SLEEPWELL_JOB_STUCK_AFTER_S": "2",
-            "SLEEPWELL_DATABASE_TIMEOUT_S": "1",
-        }
+        env = jobs_env(url, KEY, SLEEPWELL_JOB_STUCK_AFTER_S="2",
+                       SLEEPWELL_DATABASE_TIMEOUT_S="1")
         with gunicorn_server(env, workers=2) as server:
             yield Served(postgres, url, server)
 

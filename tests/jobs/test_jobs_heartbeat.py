@@ -15,7 +15,14 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.jobs.helpers import WEBHOOK_SECRET, submit, wait_final, wait_job, webhook_receiver
+from tests.jobs.helpers import (
+    WEBHOOK_SECRET,
+    jobs_env,
+    submit,
+    wait_final,
+    wait_job,
+    webhook_receiver,
+)
 from tests.jobs.postgres import TestPostgres, query, running_postgres
 from tests.jobs.test_jobs_api import wait_health_jobs
 from tests.support.scrape import value
@@ -28,17 +35,10 @@ STUCK_AFTER_S = 3
 
 
 def _env(url: str, **extra: str) -> dict[str, str]:
-    return {
-        "SLEEPWELL_JOBS_ENABLED": "true",
-        "SLEEPWELL_DATABASE_URL": url,
-        "SLEEPWELL_FAULT_INJECTION": "true",
-        "SLEEPWELL_API_KEYS": KEY,
-        "SLEEPWELL_WEBHOOK_SECRET": WEBHOOK_SECRET,
-        "SLEEPWELL_WEBHOOK_ALLOWED_HOSTS": "127.0.0.1",
-        "SLEEPWELL_WEBHOOK_RETRY_DELAY_S": "0.2",
-        "SLEEPWELL_JOB_PROGRESS_INTERVAL_S": "0.2",
-        **extra,
-    }
+    return jobs_env(url, KEY, SLEEPWELL_WEBHOOK_SECRET=WEBHOOK_SECRET,
+                    SLEEPWELL_WEBHOOK_ALLOWED_HOSTS="127.0.0.1",
+                    SLEEPWELL_WEBHOOK_RETRY_DELAY_S="0.2",
+                    SLEEPWELL_JOB_PROGRESS_INTERVAL_S="0.2", **extra)
 
 
 @pytest.fixture(scope="module")

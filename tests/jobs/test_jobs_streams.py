@@ -22,7 +22,7 @@ import httpx
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
-from tests.jobs.helpers import auth, submit, wait_final
+from tests.jobs.helpers import auth, jobs_env, submit, wait_final
 from tests.jobs.postgres import query, running_postgres
 from tests.jobs.test_jobs_api import wait_health_jobs
 from tests.support.scrape import value
@@ -50,14 +50,8 @@ def jobs() -> Iterator[Jobs]:
         url = postgres.new_database()
         database = conninfo_to_dict(url)["dbname"]
         postgres.server.psql(f"ALTER DATABASE {database} SET log_statement = 'all';")
-        env = {
-            "SLEEPWELL_JOBS_ENABLED": "true",
-            "SLEEPWELL_DATABASE_URL": url,
-            "SLEEPWELL_FAULT_INJECTION": "true",
-            "SLEEPWELL_API_KEYS": KEY,
-            "SLEEPWELL_JOB_PROGRESS_INTERVAL_S": str(INTERVAL_S),
-            "SLEEPWELL_JOB_EVENT_STREAMS_MAX": str(STREAMS_MAX),
-        }
+        env = jobs_env(url, KEY, SLEEPWELL_JOB_PROGRESS_INTERVAL_S=str(INTERVAL_S),
+                       SLEEPWELL_JOB_EVENT_STREAMS_MAX=str(STREAMS_MAX))
         with gunicorn_server(env) as server:
             with server.client(timeout=30) as client:
                 wait_health_jobs(client, True)

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.jobs.helpers import submit, wait_final
+from tests.jobs.helpers import jobs_env, submit, wait_final
 from tests.jobs.postgres import TestPostgres, query
 from tests.jobs.test_jobs_api import wait_health_jobs
 from tests.support.scrape import value
@@ -26,14 +26,7 @@ def url(postgres: TestPostgres) -> str:
 
 @pytest.fixture(scope="module")
 def server(url: str) -> Iterator[RunningServer]:
-    env = {
-        "SLEEPWELL_JOBS_ENABLED": "true",
-        "SLEEPWELL_DATABASE_URL": url,
-        "SLEEPWELL_FAULT_INJECTION": "true",
-        "SLEEPWELL_API_KEYS": KEY,
-        "SLEEPWELL_STALL_TIMEOUT_S": "3",
-        "SLEEPWELL_GRACEFUL_TIMEOUT_S": "5",
-    }
+    env = jobs_env(url, KEY, SLEEPWELL_STALL_TIMEOUT_S="3", SLEEPWELL_GRACEFUL_TIMEOUT_S="5")
     with gunicorn_server(env) as running, running.client() as client:
         wait_health_jobs(client, True)
         yield running
