@@ -19,6 +19,7 @@ from app.serving.gunicorn_support import (
     prepare_metrics_dir,
     prepare_runtime_dir,
     prepare_state_dir,
+    register_worker_heartbeat,
     visible_gpu_ids,
     wait_with_heartbeat,
     worker_environment,
@@ -117,11 +118,18 @@ def pre_fork(server: Any, worker: Any) -> None:
     used = [getattr(other, "sleepwell_slot", None) for other in server.WORKERS.values()]
     worker.sleepwell_slot = free_slot(used, max(workers, len(_gpu_ids)))
     worker.sleepwell_backoff_s = _respawn.backoff_s(worker.sleepwell_slot)
+    # Retrying a failed load while a sibling serves: listen only once loaded, so no request
+    # or probe meets a worker that may fail again. Alone, it listens and says why it fails.
+    worker.sleepwell_join_after_load = (worker.sleepwell_backoff_s > 0
+                                        and _respawn.has_serving_sibling(worker.sleepwell_slot))
 
 
 def post_fork(server: Any, worker: Any) -> None:
     os.environ.update(worker_environment(worker.sleepwell_slot, _gpu_ids, _settings, workers,
                                          _worker_plan.cores))
+    if worker.sleepwell_join_after_load:
+        os.environ["SLEEPWELL_JOIN_AFTER_LOAD"] = "1"
+    register_worker_heartbeat(worker.notify)
     server.log.info("worker %s has slot %s (GPU %s)", worker.pid, worker.sleepwell_slot,
                     os.environ.get("CUDA_VISIBLE_DEVICES", "none"))
     if worker.sleepwell_backoff_s > 0:
@@ -130,6 +138,10 @@ def post_fork(server: Any, worker: Any) -> None:
                            "failed", worker.pid, worker.sleepwell_backoff_s,
                            worker.sleepwell_slot)
         wait_with_heartbeat(worker.sleepwell_backoff_s, worker.notify)
+    if worker.sleepwell_join_after_load:
+        server.log.info("worker %s joins the rotation only once its model is loaded; slot %s's "
+                        "last load failed and a sibling serves", worker.pid,
+                        worker.sleepwell_slot)
 
 
 def child_exit(server: Any, worker: Any) -> None:

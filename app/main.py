@@ -35,6 +35,8 @@ from app.security.protected_mode import (
     ListeningSocketGate,
     validate_key_sources,
 )
+from app.serving.gunicorn_support import worker_heartbeat
+from app.serving.lifecycle import join_after_load
 from app.serving.service import Service
 from app.settings import Settings
 
@@ -57,6 +59,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         service = Service(settings, desired_models=store)
         app.state.service = service
         await service.start()
+        if settings.join_after_load:  # retrying a failed load: siblings serve meanwhile
+            await join_after_load(service.wait_started(), worker_heartbeat())
         jobs_component = await start_jobs(app.state, service, database)  # jobs (issue 10)
         restore = _drain_on_sigterm(service)
         watcher = listening.start()  # uvicorn binds after this startup: watch for it

@@ -80,6 +80,9 @@ class Settings(BaseSettings):
     nvidia_driver_file: Path = Path("/proc/driver/nvidia/version")
     # Set per worker by gunicorn.conf.py: which GPU slot this worker owns.
     worker_slot: int | None = None
+    # Set by gunicorn.conf.py for a worker retrying its slot's failed load while a sibling
+    # serves: it listens only once its model is loaded (app/serving/service.py).
+    join_after_load: bool = False
     cuda_visible_devices: str | None = Field(
         None, validation_alias=AliasChoices("CUDA_VISIBLE_DEVICES")
     )

@@ -36,9 +36,9 @@ from starlette.types import Message, Receive, Scope, Send
 
 from app.errors import Cancelled, SleepwellError
 from app.serving.encoding import Encoder
-from app.serving.generation import Generation
+from app.serving.generation import Generation, deadline_exceeded
 from app.serving.outcomes import status_of
-from app.serving.runner import Runner, deadline_exceeded
+from app.serving.runner import Runner
 
 logger = logging.getLogger("sleepwell.streaming")
 

@@ -24,7 +24,7 @@ from app.observability import metrics
 from app.serving.cpu_share import CpuShare
 from app.serving.encoding import to_uint8
 from app.serving.faults import FaultInjector, FaultPlan, check_load_fault, plan_for
-from app.serving.generation import Generation
+from app.serving.generation import Generation, deadline_exceeded
 from app.serving.host_limits import usable_cores
 from app.serving.model import LoadedModel, load_model, vram_budget
 from app.serving.outcomes import Outcome
@@ -120,9 +120,11 @@ class Engine:
 
     def load(self, settings: Settings | None = None) -> LoadedModel:
         settings = settings or self.settings
+        model = load_model(settings)
+        # Injected after the load, as a real failure (a bad file, a CUDA error) comes late.
         check_load_fault(settings.fault_injection, settings.fault_load_failure_slots,
                          settings.worker_slot)
-        self.model = load_model(settings)
+        self.model = model
         self.torch_threads = torch.get_num_threads()  # as loading left it, on this thread
         return self.model
 
@@ -154,7 +156,7 @@ class Engine:
             try:
                 return self._call(generations)
             except GenerationInterrupted:
-                return [_nobody_waiting()] * len(generations)
+                return [_stopped(generation) for generation in generations]
             except torch.cuda.OutOfMemoryError as exc:
                 self._after_oom(exc, generations)
             except Exception as exc:
@@ -166,11 +168,11 @@ class Engine:
 
     def _run_alone(self, generation: Generation) -> Outcome:
         if generation.abandoned():
-            return _nobody_waiting()
+            return _stopped(generation)
         try:
             return self._call([generation])[0]
         except GenerationInterrupted:
-            return _nobody_waiting()
+            return _stopped(generation)
         except torch.cuda.OutOfMemoryError as exc:
             self._after_oom(exc, [generation])
             return _oom_error()
@@ -279,7 +281,11 @@ def _split(images: list[Any], generations: list[Generation]) -> list[Outcome]:
     return outcomes
 
 
-def _nobody_waiting() -> SleepwellError:
+def _stopped(generation: Generation) -> SleepwellError:
+    """Why an abandoned generation stopped. Past its deadline it is a 504, whichever thread
+    notices first: the loop's timer may fire a little after this thread's step check."""
+    if not generation.future.done() and time.monotonic() >= generation.deadline:
+        return deadline_exceeded(generation)
     return Cancelled("generation stopped: nobody is waiting for it")
 
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from app.api.schemas import OutputFormat
+from app.errors import DeadlineExceeded
 
 
 @dataclass(frozen=True)
@@ -63,3 +65,11 @@ class Generation:
         if self.started_at is None:
             return 0.0
         return (self.finished_at or time.monotonic()) - self.started_at
+
+
+def deadline_exceeded(generation: Generation) -> DeadlineExceeded:
+    """The one answer for a request whose deadline passed, queued or running."""
+    limit = math.ceil(generation.deadline - generation.arrived_at)
+    return DeadlineExceeded(
+        f"The request did not finish within {limit}s (SLEEPWELL_REQUEST_TIMEOUT_S)."
+    )

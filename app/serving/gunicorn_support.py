@@ -89,6 +89,23 @@ def cpu_threads_per_worker(workers: int, cores: int) -> int:
     return max(1, cores // workers)
 
 
+_worker_heartbeat: list[Callable[[], None]] = []
+
+
+def register_worker_heartbeat(heartbeat: Callable[[], None]) -> None:
+    """Called in post_fork: the app heart-beats itself while it holds its startup."""
+    _worker_heartbeat[:] = [heartbeat]
+
+
+def worker_heartbeat() -> Callable[[], None]:
+    """gunicorn's heartbeat for this worker, or a no-op outside gunicorn."""
+    return _worker_heartbeat[0] if _worker_heartbeat else _no_heartbeat
+
+
+def _no_heartbeat() -> None:
+    return None
+
+
 def wait_with_heartbeat(seconds: float, heartbeat: Callable[[], None]) -> None:
     """Sleep ``seconds`` in a forked worker, heart-beating so the master keeps it."""
     deadline = time.monotonic() + seconds

@@ -12,12 +12,14 @@ that slot with a backoff and to stop the whole service when every slot keeps fai
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
 import signal
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +35,25 @@ def exit_for_replacement(deadline_s: float) -> None:
     timer.daemon = True
     timer.start()
     os.kill(os.getpid(), signal.SIGTERM)
+
+
+async def join_after_load(loaded: Awaitable[object | None],
+                          heartbeat: Callable[[], None]) -> None:
+    """Hold the lifespan startup until the model is loaded; uvicorn listens only after it.
+
+    For a worker retrying its slot's failed load while a sibling serves: no request or probe
+    meets it before it can serve. It heart-beats meanwhile, so gunicorn's worker timeout does
+    not have to cover a load. If the load fails again (or a shutdown ends the wait), the
+    worker leaves without ever listening; the failure note is already written.
+    """
+    waiting = asyncio.ensure_future(loaded)
+    while not waiting.done():
+        heartbeat()
+        await asyncio.wait({waiting}, timeout=1.0)
+    if waiting.result() is None:
+        logger.error("leaving before listening: the model did not load")
+        os._exit(0)  # not a startup failure: that code would make gunicorn halt everything
+    logger.info("model loaded: joining the rotation")
 
 
 @dataclass(frozen=True)

@@ -54,6 +54,11 @@ class RespawnPolicy:
             return 0.0
         return float(min(self.max_backoff_s, self.first_backoff_s * 2 ** (failures - 1)))
 
+    def has_serving_sibling(self, slot: int) -> bool:
+        """Whether another slot's last worker did not fail its load (it serves or loads)."""
+        return any(self.failures.get(other, 0) == 0
+                   for other in range(self.workers) if other != slot)
+
     def give_up_reason(self) -> str | None:
         """Why the master should exit now, or None while any slot can still serve.
 

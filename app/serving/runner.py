@@ -11,14 +11,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any, NoReturn
 
 from app.errors import (
-    DeadlineExceeded,
     InferenceFailed,
     QueueFull,
     ServiceUnavailable,
@@ -26,7 +24,7 @@ from app.errors import (
 )
 from app.observability import metrics
 from app.serving.engine import Engine, InferenceThread
-from app.serving.generation import Generation
+from app.serving.generation import Generation, deadline_exceeded
 from app.serving.outcomes import Outcome, count_answer, status_of
 from app.serving.streak import FailureStreak
 
@@ -301,11 +299,3 @@ class Runner:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         return answered
-
-
-def deadline_exceeded(generation: Generation) -> DeadlineExceeded:
-    """The one answer for a request whose deadline passed, queued or running."""
-    limit = math.ceil(generation.deadline - generation.arrived_at)
-    return DeadlineExceeded(
-        f"The request did not finish within {limit}s (SLEEPWELL_REQUEST_TIMEOUT_S)."
-    )

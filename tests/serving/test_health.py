@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import httpx
 import pytest
@@ -58,18 +60,64 @@ def test_health_worker_failing_to_load_leaves_rotation_siblings_serve(demo_model
            "SLEEPWELL_LOAD_BACKOFF_S": "0.5", "SLEEPWELL_LOAD_ATTEMPTS": "2"}
     with gunicorn_server(env, wait=False, workers=2) as server:
         server.wait_ready(timeout=120)
-        # Slot 1 fails, exits and is respawned with a backoff, again and again.
-        wait_until(lambda: len(re.findall(r"before loading: the last load in slot 1", server.log()))
-                   >= 2, 120, period=0.2, what="slot 1 retried twice")
+        # Slot 1 fails, exits and is respawned with a backoff, again and again; each retry
+        # loads for as long as a real load (the fault comes after it). Probes run all along.
+        with probing(server, "/health/ready") as probes:
+            # A third respawn: the first two retries have come and gone.
+            wait_until(lambda: len(re.findall(RETRY, server.log())) >= 3, 120, period=0.2,
+                       what="slot 1 retried twice")
         answers = [httpx.post(server.url + GENERATE, json={"prompt": "x", "size": "64x64"},
                               headers={"connection": "close"}, timeout=60).status_code
                    for _ in range(12)]
-        readiness = [fresh_get(server, "/health/ready").status_code for _ in range(12)]
         failures = value(fresh_get(server, "/metrics").text, "model_load_failures_total")
         assert server.process.poll() is None  # one slot still serves: the master stays
-    assert answers == [200] * 12  # none of the traffic went to the failed worker
-    assert readiness == [200] * 12
+        log = server.log()
+    retrying = {int(pid) for pid in re.findall(RETRY, log)}
+    assert len(retrying) >= 3, log[-3000:]
+    # No request or probe ever met a retrying worker: it never listened before its load.
+    assert not retrying & answering_pids(log)
+    assert len(probes) >= 20 and set(probes) == {200}, probes
+    assert answers == [200] * 12
     assert failures >= 2
+
+
+RETRY = r"worker (\d+) waits [\d.]+s before loading: the last load in slot 1"
+
+
+@contextmanager
+def probing(server: RunningServer, path: str) -> Iterator[list[int]]:
+    """GET ``path`` on fresh connections in the background (at most 2000, 0.02 s apart)."""
+    statuses: list[int] = []
+    stop = threading.Event()
+
+    def probe() -> None:
+        while not stop.is_set() and len(statuses) < 2000:
+            try:
+                statuses.append(fresh_get(server, path).status_code)
+            except httpx.HTTPError:
+                statuses.append(0)
+            stop.wait(0.02)
+
+    worker = threading.Thread(target=probe, daemon=True)
+    worker.start()
+    try:
+        yield statuses
+    finally:
+        stop.set()
+        worker.join(10)
+
+
+def answering_pids(log: str) -> set[int]:
+    """Pids of the workers that wrote an access-log line (one per answered request)."""
+    pids = set()
+    for line in log.splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and "path" in record and "status" in record:
+            pids.add(int(record["pid"]))
+    return pids
 
 
 # One server for the tests below that neither break nor replace its worker: each needs

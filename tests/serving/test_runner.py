@@ -428,3 +428,18 @@ async def test_engine_same_seed_gives_same_pixels(engine) -> None:
     runner.submit(other)
     assert (await other.future)[0].tobytes() != images_a[0].tobytes()
     await runner.stop(Cancelled("test over"))
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+async def test_engine_deadline_passing_mid_run_stops_with_deadline_exceeded(
+    engine, batch: int
+) -> None:
+    # The inference thread may notice a deadline before the loop's timer answers it; the
+    # outcome is still the 504, never the 499 meant for a client that left.
+    generations = [job(engine, "[[slow=0.05]] a fox", num_inference_steps=400)
+                   for _ in range(batch)]
+    for generation in generations:
+        generation.deadline = time.monotonic() + 0.5
+    outcomes = await engine[1].run(lambda: engine[0].run(generations))
+    assert [type(outcome) for outcome in outcomes] == [DeadlineExceeded] * batch
+    assert all(0 < generation.steps_done < 400 for generation in generations)

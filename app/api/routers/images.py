@@ -14,8 +14,8 @@ from app.api.schemas import ImageData, ImageGenerationRequest, ImageGenerationRe
 from app.api.streaming import STREAM_RESPONSE_DOC, GenerationEventStream
 from app.errors import Cancelled, DeadlineExceeded
 from app.serving.admission import build_generation
-from app.serving.generation import Generation
-from app.serving.runner import Runner, deadline_exceeded
+from app.serving.generation import Generation, deadline_exceeded
+from app.serving.runner import Runner
 
 router = APIRouter(tags=["images"])
 
