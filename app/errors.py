@@ -11,6 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Send
 
 logger = logging.getLogger("sleepwell.errors")
 
@@ -215,3 +216,16 @@ def install_error_handlers(app: FastAPI) -> None:
 def json_error_bytes(error: SleepwellError) -> bytes:
     """For pure-ASGI middleware that answers before FastAPI sees the request."""
     return json.dumps(error.body()).encode()
+
+
+async def send_error(
+    send: Send, error: SleepwellError, extra_headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    """Answer in the OpenAI error shape from pure-ASGI middleware, before FastAPI runs."""
+    body = json_error_bytes(error)
+    headers = [(b"content-type", b"application/json"),
+               (b"content-length", str(len(body)).encode())]
+    headers += [(name.lower().encode(), value.encode()) for name, value in error.headers().items()]
+    headers += extra_headers or []
+    await send({"type": "http.response.start", "status": error.status_code, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

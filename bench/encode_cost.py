@@ -35,7 +35,7 @@ from PIL import Image, ImageDraw
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from app.api.schemas import OutputFormat  # noqa: E402
+from app.contract.images import OutputFormat  # noqa: E402
 from app.serving.encoding import ENCODER_OPTIONS, to_uint8  # noqa: E402
 from bench.loadgen import print_table  # noqa: E402
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import PayloadTooLarge, RequestTimeout, SleepwellError, json_error_bytes
+from app.errors import PayloadTooLarge, RequestTimeout, SleepwellError, send_error
 
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
@@ -166,16 +166,3 @@ class _BodyWatch:
     def _refuse(self, error: SleepwellError) -> SleepwellError:
         self.refusal = error
         return error
-
-
-async def send_error(
-    send: Send, error: SleepwellError, extra_headers: list[tuple[bytes, bytes]] | None = None
-) -> None:
-    """Answer in the OpenAI error shape from pure-ASGI middleware, before FastAPI runs."""
-    body = json_error_bytes(error)
-    headers = [(b"content-type", b"application/json"),
-               (b"content-length", str(len(body)).encode())]
-    headers += [(name.lower().encode(), value.encode()) for name, value in error.headers().items()]
-    headers += extra_headers or []
-    await send({"type": "http.response.start", "status": error.status_code, "headers": headers})
-    await send({"type": "http.response.body", "body": body})

@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 from saq.job import Job, Status
 
-from app.api.schemas import ImageData, ImageGenerationRequest
+from app.contract.images import ImageData, ImageGenerationRequest
 from app.errors import Cancelled, QueueFull, ServiceUnavailable, SleepwellError
 from app.jobs.database import DATABASE_DOWN, Database
 from app.jobs.heartbeat import Heartbeat

@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from app.api.schemas import ImageData, ImageGenerationRequest
+from app.contract.images import ImageData, ImageGenerationRequest
 
 
 class JobStatus(StrEnum):

@@ -24,8 +24,7 @@ from __future__ import annotations
 from limits import RateLimitItem
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.api.middleware import send_error
-from app.errors import AuthenticationFailed, RateLimited, SleepwellError
+from app.errors import AuthenticationFailed, RateLimited, SleepwellError, send_error
 from app.security.keys import KeyRing, bearer_token, check_admin, configured_api_keys, key_id
 from app.security.ratelimit import Decision, RateLimiter
 from app.settings import Settings

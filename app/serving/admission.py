@@ -6,7 +6,7 @@ import asyncio
 import secrets
 import time
 
-from app.api.schemas import MAX_SEED, ImageGenerationRequest, parse_size
+from app.contract.images import MAX_SEED, ImageGenerationRequest, parse_size
 from app.errors import InvalidRequest, ModelNotFound
 from app.serving.budget import MemoryBudget
 from app.serving.generation import Generation, GenerationParams

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from app.api.schemas import OutputFormat
+from app.contract.images import OutputFormat
 
 _PIL_FORMATS = {OutputFormat.PNG: "PNG", OutputFormat.JPEG: "JPEG", OutputFormat.WEBP: "WEBP"}
 ENCODER_OPTIONS: dict[OutputFormat, dict[str, Any]] = {

@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from app.api.schemas import OutputFormat
+from app.contract.images import OutputFormat
 from app.errors import DeadlineExceeded
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from app.api.schemas import OutputFormat
+from app.contract.images import OutputFormat
 from app.serving.encoding import Encoder, encode_image, to_uint8
 from app.serving.model import load_model
 from app.settings import Settings

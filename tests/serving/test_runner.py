@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from app.api.schemas import ImageGenerationRequest
+from app.contract.images import ImageGenerationRequest
 from app.errors import (
     Cancelled,
     DeadlineExceeded,

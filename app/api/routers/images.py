@@ -10,8 +10,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from app.api.deps import RequestIdDep, ServiceDep
-from app.api.schemas import ImageData, ImageGenerationRequest, ImageGenerationResponse
 from app.api.streaming import STREAM_RESPONSE_DOC, GenerationEventStream
+from app.contract.images import ImageData, ImageGenerationRequest, ImageGenerationResponse
 from app.errors import Cancelled, DeadlineExceeded
 from app.serving.admission import build_generation
 from app.serving.generation import Generation, deadline_exceeded

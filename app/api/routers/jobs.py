@@ -13,7 +13,7 @@ from sse_starlette import EventSourceResponse
 from starlette.background import BackgroundTask
 
 from app.api.deps import RequestIdDep, ServiceDep
-from app.api.schemas import MAX_SEED
+from app.contract.images import MAX_SEED
 from app.errors import Forbidden, InvalidRequest, NotFound, ServiceUnavailable
 from app.jobs.component import JobsComponent
 from app.jobs.database import DATABASE_DOWN, UNAVAILABLE_ERRORS

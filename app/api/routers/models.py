@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from app.api.deps import ServiceDep
-from app.api.schemas import ModelCard, ModelList
+from app.contract.images import ModelCard, ModelList
 from app.serving.admission import check_model
 
 router = APIRouter(tags=["models"])
