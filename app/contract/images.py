@@ -13,6 +13,14 @@ _SIZE_PATTERN = re.compile(r"^([0-9]{1,6})x([0-9]{1,6})\Z")  # \Z: "64x64\n" is 
 MAX_SEED = 2**32 - 1
 
 
+class WorkKind(StrEnum):
+    """Which kind of work a request is: a bounded label for metrics, logs and batching."""
+
+    GENERATE = "generate"
+    EDIT = "edit"  # img2img, or inpainting with a mask
+    VARIATION = "variation"
+
+
 class OutputFormat(StrEnum):
     PNG = "png"
     JPEG = "jpeg"

@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from app.contract.images import OutputFormat
+from app.contract.images import OutputFormat, WorkKind
 from app.errors import DeadlineExceeded
 
 
@@ -19,11 +19,14 @@ class GenerationParams:
     steps: int
     guidance_scale: float
     output_format: OutputFormat
+    kind: WorkKind = WorkKind.GENERATE
+    partial_images: int = 0  # previews to send while it denoises (streams only), 0-3
 
     @property
     def batch_key(self) -> tuple[Any, ...]:
         """Requests with equal keys can share one pipeline call."""
-        return (self.width, self.height, self.steps, self.guidance_scale, self.output_format)
+        return (self.kind, self.width, self.height, self.steps, self.guidance_scale,
+                self.output_format)
 
 
 @dataclass(eq=False)
