@@ -16,13 +16,14 @@ from fastapi.middleware.cors import CORSMiddleware
 from prometheus_fastapi_instrumentator import Instrumentator
 
 from app import __version__
+from app.api.forms import upload_body_limit
 from app.api.middleware import (
     BodySizeLimitMiddleware,
     RequestIdMiddleware,
     ServerTimingTotalMiddleware,
 )
 from app.api.openapi import install_openapi
-from app.api.routers import admin, health, images, jobs, metrics, models, ui
+from app.api.routers import admin, edits, health, images, jobs, metrics, models, ui, variations
 from app.errors import install_error_handlers
 from app.jobs.component import open_database, start_jobs
 from app.jobs.shared_model import DatabaseDesiredModelStore
@@ -41,6 +42,8 @@ from app.serving.service import Service
 from app.settings import Settings
 
 logger = logging.getLogger("sleepwell")
+# Bodies with images: edits, variations, and edit jobs (their JSON form's data: URLs).
+UPLOAD_PATHS = frozenset({"/v1/images/edits", "/v1/images/variations", "/v1/jobs"})
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -82,7 +85,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     install_error_handlers(app)
     install_openapi(app)
-    for router in (images.router, models.router, health.router, metrics.router, admin.router):
+    for router in (images.router, edits.router, variations.router, models.router, health.router,
+                   metrics.router, admin.router):
         app.include_router(router)
     if settings.jobs_enabled:  # jobs (issue 10): off = no endpoints (404), not 503s
         app.include_router(jobs.router)
@@ -96,7 +100,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # access line sees every answer (401/413/429 too); CORS answers preflights before the
     # guard (API keys, admin key, metrics token, rate limits) asks for a key.
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes,
-                       body_timeout_s=settings.body_timeout_s)
+                       body_timeout_s=settings.body_timeout_s, upload_paths=UPLOAD_PATHS,
+                       max_upload_body_bytes=upload_body_limit(settings))
     app.add_middleware(GuardMiddleware, settings=settings)
     if (cors := cors_options(settings)) is not None:
         app.add_middleware(CORSMiddleware, **cors)

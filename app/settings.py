@@ -121,6 +121,24 @@ class Settings(BaseSettings):
     default_guidance_scale: float = 7.5
     max_prompt_chars: int = Field(2000, ge=1)
     max_body_bytes: int = Field(1024 * 1024, ge=1024)
+    # --- image inputs (edits, variations: app/uploads/, docs/edits.md) ---------------------
+    max_upload_bytes: int = Field(
+        20 * 1024 * 1024, ge=1024, description="largest input image or mask file; beyond: 413"
+    )
+    max_upload_pixels: int = Field(
+        4096 * 4096, ge=64, description="largest input width*height, checked before decoding"
+    )
+    fetch_image_urls: bool = Field(
+        False, description="fetch http(s) image_url inputs (through the webhook SSRF guard)"
+    )
+    # 0.7 redraws texture, detail and colour while a real SD-class model keeps the input's
+    # layout (A1111 defaults to 0.75, diffusers to 0.8: both read as "a new picture" more
+    # often). The demo model cannot show it: its random VAE turns any input into noise
+    # at every strength (docs/edits.md). A variation should stay closer: same subject.
+    edit_strength: float = Field(0.7, ge=0, le=1, description="edits' default strength")
+    variation_strength: float = Field(
+        0.6, ge=0, le=1, description="how far a variation strays from its input"
+    )
     request_timeout_s: float = Field(120.0, gt=0)
     load_wait_s: float = Field(
         30.0, ge=0, description="a request arriving while the model loads waits this long"
@@ -139,6 +157,11 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(4, ge=1, description="requests merged into one pipeline call")
     encode_threads: int = Field(
         2, ge=1, description="threads per worker turning pixels into PNG/JPEG/WebP"
+    )
+    preview_decoder: str | None = Field(
+        None, description='partial images: "linear" (a latent-to-RGB projection), or a '
+        "directory (or hub id) of a diffusers AutoencoderTiny such as TAESD/TAESDXL; default: "
+        "the model folder's own preview_decoder/ if it has one (the demo model has), else linear",
     )
     batch_wait_ms: float = Field(
         5.0, ge=0, description="longest wait for batch-mates, only while another request is "
@@ -297,7 +320,7 @@ class Settings(BaseSettings):
     )
     webhook_allowed_hosts: str | None = Field(
         None, description="comma-separated names, addresses, CIDR networks allowed although "
-        "loopback/private (app/jobs/ssrf.py)"
+        "loopback/private (app/net/ssrf.py)"
     )
     webhook_timeout_s: float = Field(10.0, gt=0, description="per delivery attempt")
     webhook_max_attempts: int = Field(8, ge=1, le=30)

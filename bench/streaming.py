@@ -40,7 +40,9 @@ def one_json(base: str, body: dict[str, object]) -> float:
 def one_stream(base: str, body: dict[str, object]) -> tuple[float, float, int]:
     started = time.perf_counter()
     first, events = 0.0, 0
-    with httpx.stream("POST", base + GENERATE, json={**body, "stream": True},
+    # As the playground asks: with our progress events (the first feedback it shows).
+    with httpx.stream("POST", base + GENERATE, json={**body, "stream": True,
+                                                      "stream_progress": True},
                       timeout=120) as response:
         for line in response.iter_lines():
             if line.startswith("event:"):

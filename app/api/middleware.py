@@ -93,17 +93,26 @@ class BodySizeLimitMiddleware:
     """
 
     def __init__(
-        self, app: ASGIApp, max_body_bytes: int, body_timeout_s: float | None = None
+        self, app: ASGIApp, max_body_bytes: int, body_timeout_s: float | None = None,
+        upload_paths: frozenset[str] = frozenset(), max_upload_body_bytes: int = 0,
     ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.body_timeout_s = body_timeout_s
+        # Routes that take images (edits, variations) need room for them; each file is
+        # also held to SLEEPWELL_MAX_UPLOAD_BYTES as it streams in (app/api/forms.py).
+        self.upload_paths = upload_paths
+        self.max_upload_body_bytes = max(max_body_bytes, max_upload_body_bytes)
 
-    def too_large(self) -> PayloadTooLarge:
-        return PayloadTooLarge(
-            f"The request body is larger than {self.max_body_bytes} bytes "
-            "(SLEEPWELL_MAX_BODY_BYTES)."
-        )
+    def limit_for(self, scope: Scope) -> int:
+        if scope.get("path") in self.upload_paths:
+            return self.max_upload_body_bytes
+        return self.max_body_bytes
+
+    def too_large(self, limit: int) -> PayloadTooLarge:
+        setting = ("SLEEPWELL_MAX_UPLOAD_BYTES" if limit == self.max_upload_body_bytes
+                   and self.upload_paths else "SLEEPWELL_MAX_BODY_BYTES")
+        return PayloadTooLarge(f"The request body is larger than {limit} bytes ({setting}).")
 
     def too_slow(self) -> RequestTimeout:
         return RequestTimeout(
@@ -115,11 +124,12 @@ class BodySizeLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.limit_for(scope)
         declared = _header(scope, b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
-            await self._refuse(send, self.too_large())
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await self._refuse(send, self.too_large(limit))
             return
-        body = _BodyWatch(self, receive)
+        body = _BodyWatch(self, receive, limit)
 
         async def answering_send(message: Message) -> None:
             # FastAPI turns any error raised while reading the body into its own 400; the
@@ -138,8 +148,9 @@ class BodySizeLimitMiddleware:
 class _BodyWatch:
     """One request's body: bytes so far, whether it is complete, and why it was refused."""
 
-    def __init__(self, limits: BodySizeLimitMiddleware, receive: Receive) -> None:
+    def __init__(self, limits: BodySizeLimitMiddleware, receive: Receive, limit: int) -> None:
         self.limits = limits
+        self.limit = limit
         self._receive = receive
         self.received = 0
         self.complete = False
@@ -158,8 +169,8 @@ class _BodyWatch:
                 raise self._refuse(self.limits.too_slow()) from None
         if message["type"] == "http.request":
             self.received += len(message.get("body", b""))
-            if self.received > self.limits.max_body_bytes:
-                raise self._refuse(self.limits.too_large())
+            if self.received > self.limit:
+                raise self._refuse(self.limits.too_large(self.limit))
             self.complete = not message.get("more_body", False)
         return message
 

@@ -1,17 +1,14 @@
-"""``POST /v1/images/generations`` with ``"stream": true``: Server-Sent Events.
+"""Image routes with ``"stream": true``: Server-Sent Events (each field: docs/streaming.md).
 
 One request carries the whole generation, so it works across gunicorn workers with no
-sticky sessions and through any proxy that passes a streamed response. The events follow
-OpenAI's image-generation streaming, so the OpenAI SDK's ``stream=True`` reads them:
-
-- ``sleepwell.progress`` (ours): ``phase`` (queued / running / encoding), ``step`` of
-  ``steps`` denoising steps done, ``elapsed_s`` since arrival, ``queued_s`` spent waiting,
-  and while queued ``queue_position`` (1 = next) of ``queue_length``. Sent when any of
-  these change, and at least every second as a heartbeat.
-- ``image_generation.completed``: one per image, with ``b64_json``, ``size``,
-  ``output_format`` and ``created_at`` as OpenAI sends them, plus our ``index`` and ``seed``.
-- ``error``: ``{"type": "error", "status": ..., "error": {message, type, param, code}}``,
-  the same error body a non-streamed request would get, once the stream has started.
+sticky sessions and through any proxy that passes a streamed response. The events are
+OpenAI's, so the official SDKs' ``stream=True`` yield their own typed classes: generations
+send ``image_generation.partial_image`` (with ``partial_images``) then one
+``image_generation.completed`` per image (with ``usage``); edits and variations the same as
+``image_edit.*``; a failure once the stream has started is an ``error`` event with the body
+a non-streamed request would get. ``sleepwell.progress`` (steps, queue position) only with
+``"stream_progress": true``: the SDKs cast every event to their typed union and would read
+it as a partial image without an image. Without it, an SSE comment keeps the line alive.
 
 Errors found before the stream starts (bad input, not ready, queue full, keys, limits) are
 ordinary JSON error responses: this response is only built after admission succeeded.
@@ -34,35 +31,54 @@ from typing import Any
 from fastapi.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
+from app.contract.images import WorkKind
 from app.errors import Cancelled, SleepwellError
 from app.serving.encoding import Encoder
 from app.serving.generation import Generation, deadline_exceeded
 from app.serving.outcomes import status_of
+from app.serving.previews import Preview, render_preview
 from app.serving.runner import Runner
+from app.serving.usage import usage_of
 
 logger = logging.getLogger("sleepwell.streaming")
 
 PROGRESS_EVENT = "sleepwell.progress"
 COMPLETED_EVENT = "image_generation.completed"
+PARTIAL_EVENT = "image_generation.partial_image"
+EDIT_COMPLETED_EVENT = "image_edit.completed"
+EDIT_PARTIAL_EVENT = "image_edit.partial_image"
 ERROR_EVENT = "error"
+# (partial image, completed) event names per kind of work, as OpenAI names them.
+EVENT_NAMES = {
+    WorkKind.GENERATE: (PARTIAL_EVENT, COMPLETED_EVENT),
+    WorkKind.EDIT: (EDIT_PARTIAL_EVENT, EDIT_COMPLETED_EVENT),
+    WorkKind.VARIATION: (EDIT_PARTIAL_EVENT, EDIT_COMPLETED_EVENT),
+}
+KEEP_ALIVE = b": keep-alive\n\n"  # an SSE comment: every parser skips it
 _POLL_S = 0.05  # steps advance on the inference thread; polling keeps engine.py untouched
 _HEARTBEAT_S = 1.0
+_KEEP_ALIVE_S = 5.0
 # For the OpenAPI schema: the same 200 can be JSON or, with "stream": true, events. On
 # OpenAPI 3.0/3.1 a text/event-stream schema describes one parsed event (event, data).
 _EVENT_SCHEMA = {
     "type": "object",
     "required": ["event", "data"],
     "properties": {
-        "event": {"type": "string", "enum": [PROGRESS_EVENT, COMPLETED_EVENT, ERROR_EVENT]},
+        "event": {"type": "string", "enum": [
+            PARTIAL_EVENT, COMPLETED_EVENT, EDIT_PARTIAL_EVENT, EDIT_COMPLETED_EVENT,
+            ERROR_EVENT, PROGRESS_EVENT]},
         "data": {"type": "string", "contentMediaType": "application/json",
                  "description": "a JSON object whose \"type\" is the event name"},
     },
 }
 STREAM_RESPONSE_DOC: dict[int | str, dict[str, Any]] = {
     200: {
-        "description": "The images; with \"stream\": true, Server-Sent Events instead: "
-        "sleepwell.progress (step, steps, elapsed_s, queue_position), one "
-        "image_generation.completed per image (b64_json, seed, index), or error.",
+        "description": "The images; with \"stream\": true, Server-Sent Events instead "
+        "(image_edit.* for edits): with partial_images, image_generation.partial_image "
+        "previews (b64_json, partial_image_index, index, seed); one "
+        "image_generation.completed per image (b64_json, seed, index, usage); or error. "
+        "With stream_progress: also sleepwell.progress (step, steps, elapsed_s, "
+        "queue_position).",
         "content": {"text/event-stream": {"schema": _EVENT_SCHEMA}},
     }
 }
@@ -75,7 +91,7 @@ def sse(event: str, data: dict[str, Any]) -> bytes:
 
 def progress_of(generation: Generation, runner: Runner) -> dict[str, Any]:
     """Where ``generation`` is now: queued (with its position), running (steps), or done."""
-    steps = generation.params.steps
+    steps = generation.params.denoising_steps  # an edit runs strength * steps
     data: dict[str, Any] = {
         "phase": "running",
         # A batch that failed merged is retried one by one, so steps_done may overshoot.
@@ -104,7 +120,8 @@ class GenerationEventStream(Response):
 
     media_type = "text/event-stream"
 
-    def __init__(self, runner: Runner, encoder: Encoder, generation: Generation) -> None:
+    def __init__(self, runner: Runner, encoder: Encoder, generation: Generation, *,
+                 progress: bool = False) -> None:
         super().__init__(headers={
             "Cache-Control": "no-cache, no-store",
             "X-Accel-Buffering": "no",  # nginx: pass events through as they come
@@ -115,8 +132,12 @@ class GenerationEventStream(Response):
         self.encoder = encoder
         self.generation = generation
         self.size = f"{generation.params.width}x{generation.params.height}"
+        self.progress = progress  # the request's stream_progress
+        self.partial_event, self.completed_event = EVENT_NAMES[generation.params.kind]
         self.encode_seconds: float | None = None
         self.images_sent = 0
+        self.next_partial = 0  # the partial_image_index the next preview must have
+        self.preview_decode_seconds = 0.0
         self.client_left = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -136,18 +157,24 @@ class GenerationEventStream(Response):
             scope.setdefault("state", {})["access_fields"] = self._access_fields()
 
     async def _follow(self, send: Send, disconnected: asyncio.Task[None]) -> bool:
-        """Send progress until the generation is answered; False if the client left."""
+        """Send previews (and progress, or keep-alives) until the generation is answered;
+        False if the client left."""
         generation = self.generation
         last: tuple[Any, ...] | None = None
-        last_sent = 0.0
+        last_sent = time.monotonic() if not self.progress else 0.0
         waiters: set[asyncio.Future[Any]] = {generation.future, disconnected}
         while not generation.future.done():
-            progress = progress_of(generation, self.runner)
-            shown = (progress["phase"], progress["step"], progress.get("queue_position"))
+            await self._send_previews(send)
             now = time.monotonic()
-            if shown != last or now - last_sent >= _HEARTBEAT_S:
-                await _send_body(send, sse(PROGRESS_EVENT, progress))
-                last, last_sent = shown, now
+            if self.progress:
+                progress = progress_of(generation, self.runner)
+                shown = (progress["phase"], progress["step"], progress.get("queue_position"))
+                if shown != last or now - last_sent >= _HEARTBEAT_S:
+                    await _send_body(send, sse(PROGRESS_EVENT, progress))
+                    last, last_sent = shown, now
+            elif now - last_sent >= _KEEP_ALIVE_S:
+                await _send_body(send, KEEP_ALIVE)
+                last_sent = now
             timeout = min(_POLL_S, max(0.0, generation.deadline - now))
             await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
             if self._client_gone(disconnected):
@@ -169,8 +196,10 @@ class GenerationEventStream(Response):
         if isinstance(error, SleepwellError):
             await _send_body(send, error_event(error))
             return
-        await _send_body(send, sse(PROGRESS_EVENT, progress_of(generation, self.runner)))
+        if self.progress:
+            await _send_body(send, sse(PROGRESS_EVENT, progress_of(generation, self.runner)))
         try:
+            await self._send_previews(send)  # any that arrived with the images come first
             await self._send_images(send, generation.future.result(), disconnected)
         except Exception:
             request_id = generation.request_id
@@ -180,21 +209,54 @@ class GenerationEventStream(Response):
                 f"{request_id})."
             )))
 
+    async def _send_previews(self, send: Send) -> None:
+        """The partial images that arrived, each encoded (at full size) just before it is sent."""
+        feed = self.generation.previews
+        for preview in feed.take() if feed is not None else []:
+            if preview.index < self.next_partial:  # a failed batch retried alone repeats it
+                continue
+            self.next_partial = preview.index + 1
+            self.preview_decode_seconds += preview.decode_seconds
+            try:
+                await self._send_preview(send, preview)
+            except OSError:  # the client left: the caller notices
+                raise
+            except Exception:  # a preview is a nicety: the images still come
+                logger.exception("sending a partial image failed request_id=%s",
+                                 self.generation.request_id)
+
+    async def _send_preview(self, send: Send, preview: Preview) -> None:
+        params = self.generation.params
+        for index, (pixels, seed) in enumerate(
+            zip(preview.images, self.generation.seeds, strict=True)
+        ):
+            b64 = await self.encoder.run(render_preview, pixels, params.width, params.height,
+                                         params.output_format)
+            await _send_body(send, sse(self.partial_event, {
+                "b64_json": b64, "partial_image_index": preview.index,
+                **self._image_fields(), "index": index, "seed": seed,
+            }))
+
+    def _image_fields(self) -> dict[str, Any]:
+        """What OpenAI's partial and completed events both say about the image."""
+        return {"created_at": int(time.time()), "size": self.size, "quality": "auto",
+                "background": "opaque",
+                "output_format": self.generation.params.output_format.value}
+
     async def _send_images(
         self, send: Send, images: list[Any], disconnected: asyncio.Task[None]
     ) -> None:
         """One event per image, each encoded just before it is sent; none once the client
         has left (uvicorn drops sends to a closed connection without a word)."""
         generation = self.generation
-        output_format = generation.params.output_format
+        usage = usage_of(generation).model_dump()  # the request's, on each of its images
         started = time.monotonic()
         for index, (image, seed) in enumerate(zip(images, generation.seeds, strict=True)):
             if self._client_gone(disconnected):
                 break
-            (b64,) = await self.encoder.encode([image], output_format)
-            await _send_body(send, sse(COMPLETED_EVENT, {
-                "b64_json": b64, "created_at": int(time.time()), "size": self.size,
-                "quality": "auto", "background": "opaque", "output_format": output_format.value,
+            (b64,) = await self.encoder.encode([image], generation.params.output_format)
+            await _send_body(send, sse(self.completed_event, {
+                "b64_json": b64, **self._image_fields(), "usage": usage,
                 "index": index, "seed": seed,
             }))
             self.images_sent += 1
@@ -212,6 +274,9 @@ class GenerationEventStream(Response):
         }
         if self.encode_seconds is not None:
             fields["encode_ms"] = round(self.encode_seconds * 1000, 1)
+        if self.next_partial:
+            fields.update(partial_images_sent=self.next_partial,
+                          preview_decode_ms=round(self.preview_decode_seconds * 1000, 2))
         if self.client_left:
             fields.update(client_left=True, images_sent=self.images_sent)
         return fields

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator
 
 _SIZE_PATTERN = re.compile(r"^([0-9]{1,6})x([0-9]{1,6})\Z")  # \Z: "64x64\n" is no size
 MAX_SEED = 2**32 - 1
+MAX_PARTIAL_IMAGES = 3  # OpenAI's limit
 
 
 class WorkKind(StrEnum):
@@ -27,23 +28,21 @@ class OutputFormat(StrEnum):
     WEBP = "webp"
 
 
-class ImageGenerationRequest(BaseModel):
-    """Validated on arrival. Limits that depend on settings are checked in ``limits``."""
+class ImageRequestBase(BaseModel):
+    """What every image request shares (generations, edits, variations), with its checks.
+
+    Validated on arrival; limits that depend on settings are checked in serving/admission.
+    """
 
     model_config = ConfigDict(extra="ignore")
 
-    prompt: Annotated[str, Field(min_length=1)]
     model: str | None = None
     n: StrictInt = 1
     size: str | None = Field(None, description='"WxH"; default: the model\'s native size')
     response_format: Literal["b64_json"] = "b64_json"
     output_format: OutputFormat = OutputFormat.PNG
-    negative_prompt: str | None = None
-    num_inference_steps: StrictInt | None = None
-    guidance_scale: float | None = Field(None, strict=True)  # no true/"7" as numbers
     seed: StrictInt | None = Field(None, ge=0, le=MAX_SEED)
     user: str | None = None
-    stream: bool = Field(False, strict=True, description="Server-Sent Events: progress, images")
 
     @field_validator("size")
     @classmethod
@@ -65,6 +64,25 @@ class ImageGenerationRequest(BaseModel):
             )
         return value
 
+
+class PromptedImageRequest(ImageRequestBase):
+    """A request with a prompt: generations and edits."""
+
+    prompt: Annotated[str, Field(min_length=1)]
+    negative_prompt: str | None = None
+    num_inference_steps: StrictInt | None = None
+    guidance_scale: float | None = Field(None, strict=True)  # no true/"7" as numbers
+    stream: bool = Field(False, strict=True, description="Server-Sent Events: progress, images")
+    partial_images: StrictInt = Field(
+        0, ge=0, le=MAX_PARTIAL_IMAGES,
+        description="with stream: previews sent while it denoises (OpenAI's partial_images)",
+    )
+    # Off by default: the official SDKs read any event as one of their typed image events.
+    stream_progress: bool = Field(
+        False, strict=True,
+        description="extension, with stream: also send sleepwell.progress events (steps, queue)",
+    )
+
     @field_validator("guidance_scale")
     @classmethod
     def _finite_guidance(cls, value: float | None) -> float | None:
@@ -73,6 +91,10 @@ class ImageGenerationRequest(BaseModel):
         if value is not None and not 0.0 <= value <= 50.0:
             raise ValueError("guidance_scale must be between 0 and 50")
         return value
+
+
+class ImageGenerationRequest(PromptedImageRequest):
+    """POST /v1/images/generations."""
 
 
 def parse_size(value: str) -> tuple[int, int] | None:
@@ -88,9 +110,24 @@ class ImageData(BaseModel):
     revised_prompt: str | None = None
 
 
+class UsageInputTokensDetails(BaseModel):
+    text_tokens: int
+    image_tokens: int
+
+
+class Usage(BaseModel):
+    """OpenAI's usage object; docs/streaming.md says what each number counts here."""
+
+    input_tokens: int
+    input_tokens_details: UsageInputTokensDetails
+    output_tokens: int
+    total_tokens: int
+
+
 class ImageGenerationResponse(BaseModel):
     created: int
     data: list[ImageData]
+    usage: Usage | None = None
 
 
 class ModelCard(BaseModel):

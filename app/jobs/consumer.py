@@ -4,9 +4,10 @@ Policy: synchronous requests first; jobs fill idle capacity. A job is dequeued o
 synchronous request waits in this worker's queue, the runner has a free batch slot
 (``Runner.spare_capacity``), and fewer than a batch of jobs is in hand, so no worker hoards
 jobs another worker could run. A job then runs exactly like a synchronous request: the same
-``build_generation``, runner, batching, step callback, health and metrics, with its own
-deadline (SLEEPWELL_JOB_TIMEOUT_S). From dequeue until its outcome is recorded or handed back,
-a job has a heartbeat of its own (heartbeat.py), whatever else the run is waiting on.
+admission (``build_generation`` or ``build_edit``: app/jobs/work.py), runner, batching, step
+callback, health and metrics, with its own deadline (SLEEPWELL_JOB_TIMEOUT_S). From dequeue
+until its outcome is recorded or handed back, a job has a heartbeat of its own
+(heartbeat.py), whatever else the run is waiting on.
 
 ``run_forever`` returns only when the worker stops taking jobs; anything else it raises
 ends up in the component's supervisor, which logs, counts and restarts it.
@@ -25,17 +26,18 @@ from typing import Any, TypeVar
 
 from saq.job import Job, Status
 
-from app.contract.images import ImageData, ImageGenerationRequest
+from app.contract.images import ImageData
 from app.errors import Cancelled, QueueFull, ServiceUnavailable, SleepwellError
 from app.jobs.database import DATABASE_DOWN, Database
 from app.jobs.heartbeat import Heartbeat
 from app.jobs.job_log import log_finished, log_started
+from app.jobs.partials import PartialPublisher
 from app.jobs.queue import JobQueue
 from app.jobs.schemas import JobStatus
 from app.jobs.store import JobStore, RunOutcome
 from app.jobs.webhooks import Webhooks
+from app.jobs.work import job_generation
 from app.observability import metrics
-from app.serving.admission import build_generation
 from app.serving.generation import Generation
 from app.serving.health import SERVING_STATES
 from app.serving.service import Service
@@ -58,6 +60,7 @@ class ActiveJob:
     heartbeat: Heartbeat
     row: dict[str, Any] = field(default_factory=dict)
     generation: Generation | None = None
+    partials: PartialPublisher | None = None  # its partial images, when it asked for some
     cancelled: bool = False
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     dequeued_at: float = field(default_factory=time.monotonic)
@@ -171,19 +174,21 @@ class Consumer:
         await self._record(job, JobStatus.SUCCEEDED, result=data)
 
     async def _generate(self, job: ActiveJob, row: dict[str, Any]) -> list[dict[str, Any]]:
-        body = ImageGenerationRequest.model_validate(row["request"])
-        if body.seed is None:  # the seed fixed at submission: a redelivery makes the same image
-            body = body.model_copy(update={"seed": row["seed"]})
         model = self.service.engine.model
         if model is None:
             raise ServiceUnavailable("The model is not loaded.", code="model_loading")
-        generation = build_generation(body, self.settings, model, f"job-{job.id}",
-                                      timeout_s=self.settings.job_timeout_s)
+        # A generation or an edit (app/jobs/work.py), with the seed fixed at submission:
+        # a redelivery makes the same image.
+        generation = await job_generation(row, self.store, self.settings, model,
+                                          f"job-{job.id}")
         job.generation = generation
+        job.partials = PartialPublisher(row, generation, self.database, self.webhooks,
+                                        self.service.encoder)
         await self._submit(generation)
         job.tasks.append(asyncio.create_task(self._watch(job, generation)))
         try:
             images = await generation.future
+            await job.partials.publish()  # the last ones, before the job is final
             encoded = await self.service.encoder.encode(images, generation.params.output_format)
         finally:
             self.service.runner.release(generation)
@@ -207,6 +212,8 @@ class Consumer:
         steps, last_step = generation.params.steps, -1
         while not generation.future.done():
             await asyncio.sleep(self.settings.job_progress_interval_s)
+            if job.partials is not None:
+                await job.partials.publish()
             step = min(generation.steps_done, steps)
             try:
                 if await self.store.progress(job.id, step):
@@ -258,7 +265,7 @@ class Consumer:
         log_finished(job.row, status.value if won is not None else RunOutcome.DUPLICATE,
                      job.dequeued_at, reason=(error or {}).get("code"))
         if won is not None:
-            metrics.JOBS.labels(status=status.value).inc()
+            metrics.JOBS.labels(status=status.value, kind=won["kind"]).inc()
             await self._notify_completed(won)
         else:
             metrics.JOB_DUPLICATE_RUNS.inc()

@@ -4,7 +4,8 @@
   indexed query under the statement timeout.
 - ``reconcile``: keep ``sleepwell_jobs`` in step with SAQ (a swept job shows as queued
   again; one SAQ gave up on is failed), re-enqueue a job whose enqueue was lost (the
-  database died between our insert and SAQ's), and drop expired results.
+  database died between our insert and SAQ's), and drop expired results and edit inputs,
+  and the partial images of jobs that ended a minute ago.
 - ``renotify``: enqueue the "completed" webhook of a final job whose worker made it final
   but never enqueued the webhook (the database blinked, the worker died in between), or
   that maintenance itself failed (attempts exhausted). The message id is the job's, so a
@@ -52,9 +53,9 @@ async def reconcile(database: Database, queue: JobQueue) -> None:
             " 'type', 'server_error', 'code', 'attempts_exhausted')"
             " FROM saq_jobs s WHERE s.key = j.id AND s.queue = %s"
             " AND j.status IN ('queued', 'running') AND s.status IN ('aborted', 'failed')"
-            " RETURNING j.id", (queue.settings.job_ttl_s, GENERATIONS))
-        for (job_id,) in await cursor.fetchall():
-            metrics.JOBS.labels(status="failed").inc()
+            " RETURNING j.id, j.kind", (queue.settings.job_ttl_s, GENERATIONS))
+        for job_id, kind in await cursor.fetchall():
+            metrics.JOBS.labels(status="failed", kind=kind).inc()
             logger.error("job %s failed: attempts exhausted", job_id)
         cursor = await conn.execute(
             "SELECT j.id FROM sleepwell_jobs j WHERE j.status = 'queued'"
@@ -64,6 +65,16 @@ async def reconcile(database: Database, queue: JobQueue) -> None:
         await conn.execute(
             "UPDATE sleepwell_jobs SET result = NULL WHERE expires_at <= now()"
             " AND result IS NOT NULL")
+        # An edit's input image and mask go with its result (the row's deletion, later,
+        # would take them too: ON DELETE CASCADE).
+        await conn.execute(
+            "DELETE FROM sleepwell_job_inputs i USING sleepwell_jobs j"
+            " WHERE i.job_id = j.id AND j.expires_at <= now()")
+        # Partial images serve event streams while the job runs; a minute after it ended
+        # every open stream has read them.
+        await conn.execute(
+            "DELETE FROM sleepwell_job_partials p USING sleepwell_jobs j WHERE p.job_id = j.id"
+            " AND j.finished_at < now() - interval '60 s'")
         await conn.execute(
             "DELETE FROM sleepwell_jobs WHERE expires_at <= now() - %s * interval '1 day'",
             (_TOMBSTONE_DAYS,))

@@ -98,6 +98,26 @@ ALTER TABLE sleepwell_desired_model ADD COLUMN published_at timestamptz;
     Migration(6, "job_request_id", """
 ALTER TABLE sleepwell_jobs ADD COLUMN request_id text;
 """),
+    # Edit jobs (issue 21): which kind of work a job is, and an edit's checked input image
+    # and mask as PNG (app/jobs/inputs.py), deleted when the job expires or its row goes.
+    # Partial images of a running job (app/jobs/partials.py): kept until the job is final;
+    # ``partials`` counts those saved, so event streams know when to read them.
+    Migration(7, "job_inputs_and_partials", """
+ALTER TABLE sleepwell_jobs ADD COLUMN kind text NOT NULL DEFAULT 'generate';
+ALTER TABLE sleepwell_jobs ADD COLUMN partials int NOT NULL DEFAULT 0;
+CREATE TABLE sleepwell_job_inputs (
+    job_id text PRIMARY KEY REFERENCES sleepwell_jobs (id) ON DELETE CASCADE,
+    image bytea NOT NULL,
+    mask bytea
+);
+CREATE TABLE sleepwell_job_partials (
+    job_id text NOT NULL REFERENCES sleepwell_jobs (id) ON DELETE CASCADE,
+    attempt int NOT NULL,
+    partial_image_index int NOT NULL,
+    partial jsonb NOT NULL,
+    PRIMARY KEY (job_id, attempt, partial_image_index)
+);
+"""),
 )
 
 

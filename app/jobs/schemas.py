@@ -8,7 +8,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from app.contract.images import ImageData, ImageGenerationRequest
+from app.contract.edits import ImageEditRequest
+from app.contract.images import ImageData, ImageGenerationRequest, WorkKind
+from app.errors import InvalidRequest
 
 
 class JobStatus(StrEnum):
@@ -27,8 +29,13 @@ def _completed_only() -> list[WebhookEvent]:
     return ["completed"]
 
 
-class JobCreateRequest(ImageGenerationRequest):
-    """The body of POST /v1/images/generations, plus where to report."""
+_JOB_FIELDS = {"webhook", "webhook_events"}
+_EDIT_FIELDS = {"images", "mask", "strength"}
+
+
+class JobCreateRequest(ImageEditRequest):
+    """The body of POST /v1/images/generations, or the JSON body of POST /v1/images/edits
+    (a job with ``images`` is an edit), plus where to report."""
 
     webhook: str | None = Field(None, max_length=2048, description="https URL to notify")
     webhook_events: list[WebhookEvent] = Field(
@@ -36,10 +43,22 @@ class JobCreateRequest(ImageGenerationRequest):
         description='which events to send: "started", "progress", "completed"',
     )
 
+    @property
+    def kind(self) -> WorkKind:
+        return WorkKind.EDIT if self.images is not None else WorkKind.GENERATE
+
     def generation_body(self) -> ImageGenerationRequest:
+        for name in ("mask", "strength"):
+            if getattr(self, name) is not None:
+                raise InvalidRequest(
+                    f"{name} belongs to an edit: send the image to edit in images "
+                    '([{"image_url": "data:image/png;base64,..."}]).', param=name)
         return ImageGenerationRequest.model_validate(
-            self.model_dump(exclude={"webhook", "webhook_events"})
+            self.model_dump(exclude=_JOB_FIELDS | _EDIT_FIELDS)
         )
+
+    def edit_body(self) -> ImageEditRequest:
+        return ImageEditRequest.model_validate(self.model_dump(exclude=_JOB_FIELDS))
 
 
 class JobProgress(BaseModel):
@@ -56,6 +75,7 @@ class JobError(BaseModel):
 class JobView(BaseModel):
     id: str
     object: Literal["job"] = "job"
+    kind: WorkKind = WorkKind.GENERATE  # "edit": made from a body with images
     status: JobStatus
     progress: JobProgress
     attempts: int
@@ -78,6 +98,7 @@ class JobView(BaseModel):
     def from_row(cls, row: dict[str, Any], *, with_result: bool = True) -> JobView:
         return cls(
             id=row["id"],
+            kind=WorkKind(row.get("kind") or WorkKind.GENERATE),
             status=JobStatus(row["status"]),
             progress=JobProgress(step=row["progress_step"], steps=row["progress_steps"]),
             attempts=row["attempts"],

@@ -18,14 +18,15 @@ from psycopg.types.json import Jsonb
 
 from app.errors import Conflict
 from app.jobs.database import Database
+from app.jobs.inputs import StoredInputs
 from app.jobs.schemas import FINAL_STATUSES, JobStatus
 
 IDEMPOTENCY_WINDOW = "24 hours"
 _FINAL = [status.value for status in FINAL_STATUSES]
 _LIST_COLUMNS = (
-    "id, owner, status, request, seed, webhook_url, webhook_events, progress_step, progress_steps,"
-    " attempts, completions, cancel_requested, NULL::jsonb AS result, error, worker,"
-    " created_at, started_at, finished_at, expires_at"
+    "id, owner, kind, status, request, seed, webhook_url, webhook_events, progress_step,"
+    " progress_steps, attempts, completions, cancel_requested, NULL::jsonb AS result, error,"
+    " worker, created_at, started_at, finished_at, expires_at"
 )
 # A final row whose client asked for no "completed" webhook has nothing left to notify.
 _NOTHING_TO_NOTIFY = "(webhook_url IS NULL OR NOT ('completed' = ANY(webhook_events)))"
@@ -81,6 +82,8 @@ class NewJob:
     webhook_url: str | None
     webhook_events: list[str]
     request_id: str | None = None  # of the POST that made it, for the job's log lines
+    kind: str = "generate"  # app.contract.images.WorkKind
+    inputs: StoredInputs | None = None  # an edit's image and mask (sleepwell_job_inputs)
 
 
 class JobStore:
@@ -101,7 +104,7 @@ class JobStore:
     async def create(self, job: NewJob) -> tuple[dict[str, Any], bool]:
         """Insert, or return the job this owner made with the same Idempotency-Key in 24 h."""
         params = {**job.__dict__, "request": Jsonb(job.request), "status": JobStatus.QUEUED.value,
-                  "window": IDEMPOTENCY_WINDOW}
+                  "window": IDEMPOTENCY_WINDOW, "inputs": None}
         async with self.database.connection() as conn, conn.transaction(), conn.cursor(
             row_factory=dict_row
         ) as cur:
@@ -112,11 +115,15 @@ class JobStore:
                     return existing, False
             await cur.execute(
                 "INSERT INTO sleepwell_jobs (id, owner, idempotency_key, status, request,"
-                " seed, progress_steps, webhook_url, webhook_events, request_id) VALUES"
+                " seed, progress_steps, webhook_url, webhook_events, request_id, kind) VALUES"
                 " (%(id)s, %(owner)s, %(idempotency_key)s, %(status)s, %(request)s, %(seed)s,"
-                " %(steps)s, %(webhook_url)s, %(webhook_events)s, %(request_id)s) RETURNING *",
-                params)
+                " %(steps)s, %(webhook_url)s, %(webhook_events)s, %(request_id)s, %(kind)s)"
+                " RETURNING *", params)
             created = await cur.fetchone()
+            if job.inputs is not None:  # in the same transaction: no job without its inputs
+                await cur.execute(
+                    "INSERT INTO sleepwell_job_inputs (job_id, image, mask) VALUES (%s, %s, %s)",
+                    (job.id, job.inputs.image_png, job.inputs.mask_png))
         assert created is not None
         return created, True
 
@@ -132,6 +139,15 @@ class JobStore:
                           " idempotency_key = %(idempotency_key)s", params)
         row: dict[str, Any] | None = await cur.fetchone()
         return row
+
+    async def inputs(self, job_id: str) -> StoredInputs | None:
+        """An edit job's stored image and mask; None once the job has expired."""
+        row = await self._one("SELECT image, mask FROM sleepwell_job_inputs"
+                              " WHERE job_id = %(id)s", {"id": job_id})
+        if row is None:
+            return None
+        mask = row["mask"]
+        return StoredInputs(bytes(row["image"]), None if mask is None else bytes(mask))
 
     async def get(self, job_id: str) -> dict[str, Any] | None:
         return await self._one("SELECT *, expires_at <= now() AS expired FROM sleepwell_jobs"

@@ -22,7 +22,7 @@ from standardwebhooks.webhooks import Webhook
 
 from app.jobs.queue import JobQueue
 from app.jobs.schemas import JobStatus, JobView
-from app.jobs.ssrf import (
+from app.net.ssrf import (
     Resolver,
     Target,
     WebhookRefused,
@@ -106,13 +106,21 @@ class Webhooks:
         msg_id = f"msg_{row['id']}_progress_{row['attempts']}_{step}"
         await self._enqueue(update, "progress", msg_id)
 
-    async def _enqueue(self, row: dict[str, Any], event: str, msg_id: str) -> None:
+    async def notify_partial(self, row: dict[str, Any], step: int,
+                             partial: dict[str, Any]) -> None:
+        """A "progress" event that carries a partial image (app/jobs/partials.py)."""
+        update = {**row, "progress_step": step, "status": JobStatus.RUNNING.value}
+        msg_id = f"msg_{row['id']}_partial_{row['attempts']}_{partial['partial_image_index']}"
+        await self._enqueue(update, "progress", msg_id, {"partial_image": partial})
+
+    async def _enqueue(self, row: dict[str, Any], event: str, msg_id: str,
+                       extra: dict[str, Any] | None = None) -> None:
         if not row.get("webhook_url") or event not in (row.get("webhook_events") or []):
             return
         payload = json.dumps({
             "type": f"job.{event}",
             "timestamp": datetime.now(UTC).isoformat(),
-            "data": JobView.from_row(row).wire(),
+            "data": {**JobView.from_row(row).wire(), **(extra or {})},
         })
         await self.queue.webhooks.enqueue(
             DELIVER_FUNCTION, key=msg_id, url=row["webhook_url"], msg_id=msg_id, payload=payload,

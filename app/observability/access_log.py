@@ -23,13 +23,15 @@ from app.settings import Settings
 
 logger = logging.getLogger("sleepwell.access")
 
-GENERATION_PATH = "/v1/images/generations"
+# Bodies whose prompt is logged as length and hash: JSON ones only (a multipart edit's
+# body is mostly image bytes, not worth copying for its prompt).
+PROMPT_PATHS = frozenset({"/v1/images/generations", "/v1/images/edits", "/v1/jobs"})
 _TIMING = re.compile(r"([A-Za-z0-9_-]+);dur=([0-9.]+)")
 _HASH_CHARS = 12
 
 
 def prompt_fields(body: bytes, log_prompts: bool) -> dict[str, Any]:
-    """Length and hash of the prompt in a generation body; nothing if it does not parse."""
+    """Length and hash of the prompt in a JSON body; nothing if it does not parse."""
     try:
         payload = json.loads(body)
     except (ValueError, RecursionError):  # RecursionError: '[[[[...' nested 30000 deep
@@ -58,6 +60,14 @@ def timing_fields(server_timing: str | None) -> dict[str, float]:
     return {f"{name}_ms": float(value) for name, value in _TIMING.findall(server_timing)}
 
 
+def _prompt_body(scope: Scope) -> bool:
+    if scope.get("method") != "POST" or scope.get("path") not in PROMPT_PATHS:
+        return False
+    content_type = next((value for name, value in scope.get("headers", [])
+                         if name.lower() == b"content-type"), b"application/json")
+    return content_type.split(b";")[0].strip().lower() == b"application/json"
+
+
 def _served_model(scope: Scope) -> str | None:
     state = scope.get("state") or {}
     if state.get("model"):
@@ -80,7 +90,7 @@ class AccessLogMiddleware:
         started = time.monotonic()
         seen: dict[str, Any] = {"status": 0, "timing": None}
         body = bytearray()
-        capture = scope.get("method") == "POST" and scope.get("path") == GENERATION_PATH
+        capture = _prompt_body(scope)
 
         async def watching_receive() -> Message:
             message = await receive()
@@ -123,6 +133,8 @@ class AccessLogMiddleware:
         }
         if state.get("key_id"):
             fields["key_id"] = state["key_id"]
+        if state.get("kind"):  # generate/edit/variation: set by the router that took the work
+            fields["kind"] = state["kind"]
         if body is not None:
             fields.update(prompt_fields(body, self.log_prompts))
         fields.update(timing_fields(seen["timing"]))

@@ -21,6 +21,8 @@ from prometheus_client import (
 )
 from prometheus_client import multiprocess as _multiprocess
 
+from app.contract.images import WorkKind
+
 LATENCY_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 45, 60, 90, 120)
 QUEUE_WAIT_BUCKETS_S = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 # Refusals are answered in milliseconds, generations in seconds: one histogram covers both.
@@ -29,34 +31,40 @@ ANSWER_BUCKETS_S = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5,
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 32)
 
 REQUEST_STATUSES = ("success", "failed", "rejected", "timeout", "cancelled")
+# ``kind``: which work a request is (app.contract.images.WorkKind), a label bounded by that
+# enum: 3 kinds x 5 statuses, so dashboards can split edits from generations.
+WORK_KINDS = tuple(kind.value for kind in WorkKind)
+QUEUE_WAIT_OUTCOMES = ("dispatched", "abandoned")
 
 GENERATIONS = Counter(
     "image_generation",
-    "Image-generation requests by final status.",
-    ["status"],
+    "Image requests (generations, edits, variations) by final status and kind.",
+    ["status", "kind"],
 )
 LATENCY = Histogram(
     "image_generation_latency_seconds",
-    "Seconds from arrival to answer for successful image-generation requests.",
+    "Seconds from arrival to answer for successful image requests, by kind.",
+    ["kind"],
     buckets=LATENCY_BUCKETS_S,
 )
 ANSWER_SECONDS = Histogram(
     "image_generation_answer_seconds",
     "Seconds from arrival to the final answer of every image-generation request, by its "
-    "status: what clients felt, refusals and timeouts included.",
-    ["status"],
+    "status and kind: what clients felt, refusals and timeouts included.",
+    ["status", "kind"],
     buckets=ANSWER_BUCKETS_S,
 )
 QUEUE_WAIT = Histogram(
     "image_generation_queue_wait_seconds",
     "Seconds a request waited in the queue: until its pipeline call began (dispatched) or "
-    "until it left the queue unrun (abandoned: deadline passed or client gone).",
-    ["outcome"],
+    "until it left the queue unrun (abandoned: deadline passed or client gone), by kind.",
+    ["outcome", "kind"],
     buckets=QUEUE_WAIT_BUCKETS_S,
 )
 BATCH_SIZE = Histogram(
     "image_generation_batch_size",
-    "Requests merged into one pipeline call.",
+    "Requests merged into one pipeline call, by kind (a call runs one kind only).",
+    ["kind"],
     buckets=BATCH_BUCKETS,
 )
 QUEUE_DEPTH = Gauge(
@@ -69,7 +77,7 @@ INFLIGHT = Gauge(
     "Requests inside a running pipeline call, summed over live workers.",
     multiprocess_mode="livesum",
 )
-IMAGES = Counter("images_generated", "Images returned to clients.")
+IMAGES = Counter("images_generated", "Images returned to clients, by kind.", ["kind"])
 MODEL_LOAD_FAILURES = Counter(
     "model_load_failures",
     "Model loads at worker start that failed: the configured model (the worker exits) or a "
@@ -135,8 +143,9 @@ JOB_STATUSES = ("succeeded", "failed", "cancelled")
 WEBHOOK_OUTCOMES = ("delivered", "retried", "failed", "refused")
 JOBS = Counter(
     "jobs",
-    "Jobs by final status, counted once per job by the worker whose write made it final.",
-    ["status"],
+    "Jobs by final status and kind (generate, edit), counted once per job by the worker "
+    "whose write made it final.",
+    ["status", "kind"],
 )
 # The next three come from the shared database, so every worker of every replica reports
 # the same value: "livemax" keeps one per scrape; aggregate replicas with max(), not sum().
@@ -187,7 +196,8 @@ JOB_EVENT_STREAMS_REFUSED = Counter(
 
 def initialise_job_series() -> None:
     for status in JOB_STATUSES:
-        JOBS.labels(status=status)
+        for kind in WORK_KINDS:
+            JOBS.labels(status=status, kind=kind)
     for outcome in WEBHOOK_OUTCOMES:
         WEBHOOK_DELIVERIES.labels(outcome=outcome)
     JOB_REDELIVERIES.inc(0)
@@ -206,9 +216,14 @@ def render_latest(multiprocess_dir: Path | None) -> tuple[bytes, str]:
 
 
 def initialise_request_series() -> None:
-    """Publish zeroes for every status so rate() and alert rules see the series at once."""
-    for status in REQUEST_STATUSES:
-        GENERATIONS.labels(status=status)
-        ANSWER_SECONDS.labels(status=status)
-    for outcome in ("dispatched", "abandoned"):
-        QUEUE_WAIT.labels(outcome=outcome)
+    """Publish zeroes for every kind x status so rate() and alert rules see the series at
+    once, and a dashboard's by-kind panel shows edits at 0 before the first edit."""
+    for kind in WORK_KINDS:
+        for status in REQUEST_STATUSES:
+            GENERATIONS.labels(status=status, kind=kind)
+            ANSWER_SECONDS.labels(status=status, kind=kind)
+        for outcome in QUEUE_WAIT_OUTCOMES:
+            QUEUE_WAIT.labels(outcome=outcome, kind=kind)
+        LATENCY.labels(kind=kind)
+        BATCH_SIZE.labels(kind=kind)
+        IMAGES.labels(kind=kind)

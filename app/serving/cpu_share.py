@@ -29,12 +29,16 @@ cores (README "Adaptive threads").
 
 from __future__ import annotations
 
+import logging
 import mmap
 import os
 import struct
 from collections.abc import Callable
 from pathlib import Path
 
+from app.settings import Settings
+
+logger = logging.getLogger("sleepwell.engine")
 SLOTS = 256
 RAISE_AFTER_IDLE_STEPS = 2
 _SLOT = struct.Struct("<q")
@@ -105,3 +109,16 @@ class CpuShare:
 
     def end(self) -> None:
         self._write(0)
+
+
+def adaptive_share(settings: Settings, cores: int,
+               set_threads: Callable[[int], None]) -> CpuShare | None:
+    """The shared busy table when gunicorn asked for adaptive threads (several CPU workers)."""
+    if not settings.adaptive_threads or settings.state_dir is None or settings.worker_slot is None:
+        return None
+    try:
+        return CpuShare(settings.state_dir / "cpu-share", settings.worker_slot, cores,
+                        set_threads)
+    except (OSError, ValueError) as exc:  # serve with the static share rather than not at all
+        logger.warning("adaptive torch threads off: %s", exc)
+        return None

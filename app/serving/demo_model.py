@@ -23,6 +23,8 @@ DEMO_SEED = 0
 DEMO_MODEL_NAME = "sleepwell-demo-tiny-sd"
 # The marker file is written last, so a directory without it is an interrupted build.
 _COMPLETE_MARKER = ".sleepwell-demo-complete"
+# Its own tiny AutoencoderTiny (TAESD's architecture) for partial images: app/serving/previews.py
+PREVIEW_DECODER_FOLDER = "preview_decoder"
 T = TypeVar("T")
 
 
@@ -118,6 +120,38 @@ def _text_encoder(vocab_size: int) -> Any:
     return CLIPTextModel(config)
 
 
+def _preview_decoder() -> Any:
+    """TAESD's architecture, shrunk: two blocks, so it upsamples 2x as the demo VAE does."""
+    from diffusers import AutoencoderTiny
+
+    return AutoencoderTiny(
+        encoder_block_out_channels=(16, 16), decoder_block_out_channels=(16, 16),
+        num_encoder_blocks=(1, 1), num_decoder_blocks=(1, 1), latent_channels=4,
+    )
+
+
+def _save_preview_decoder(model_dir: Path, seed: int) -> None:
+    decoder = _seeded(_preview_decoder, seed)
+    decoder.save_pretrained(model_dir / PREVIEW_DECODER_FOLDER, safe_serialization=True)
+
+
+def ensure_preview_decoder(target: Path, seed: int = DEMO_SEED) -> None:
+    """Add the preview decoder to a demo model built before it had one (atomic, like the
+    model: built aside, then renamed into place; a sibling worker's rename may win)."""
+    if (target / PREVIEW_DECODER_FOLDER / "config.json").is_file():
+        return
+    scratch = Path(tempfile.mkdtemp(prefix=".preview-build-", dir=target.parent))
+    try:
+        _save_preview_decoder(scratch, seed)
+        _make_world_readable(scratch)
+        os.rename(scratch / PREVIEW_DECODER_FOLDER, target / PREVIEW_DECODER_FOLDER)
+    except OSError as exc:  # a read-only copy, or another worker was first
+        if not (target / PREVIEW_DECODER_FOLDER / "config.json").is_file():
+            logger.warning("demo preview decoder not added to %s: %s", target, exc)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
 def build_demo_pipeline(raw_tokenizer_dir: Path, seed: int = DEMO_SEED) -> Any:
     """Construct the pipeline in memory, deterministically from ``seed``.
 
@@ -157,6 +191,7 @@ def ensure_demo_model(target: Path, seed: int = DEMO_SEED) -> Path:
     first atomic rename wins, so no worker ever loads a half-written model.
     """
     if is_built(target):
+        ensure_preview_decoder(target, seed)
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=".demo-build-", dir=target.parent))
@@ -164,6 +199,7 @@ def ensure_demo_model(target: Path, seed: int = DEMO_SEED) -> Path:
         pipeline = build_demo_pipeline(scratch / "raw-tokenizer", seed)
         model_dir = scratch / "model"
         pipeline.save_pretrained(model_dir, safe_serialization=True)
+        _save_preview_decoder(model_dir, seed)
         _make_world_readable(model_dir)
         (model_dir / _COMPLETE_MARKER).write_text(DEMO_MODEL_NAME, encoding="utf-8")
         try:

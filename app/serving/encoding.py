@@ -14,9 +14,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -25,6 +25,7 @@ from PIL import Image
 from app.contract.images import OutputFormat
 
 _PIL_FORMATS = {OutputFormat.PNG: "PNG", OutputFormat.JPEG: "JPEG", OutputFormat.WEBP: "WEBP"}
+T = TypeVar("T")
 ENCODER_OPTIONS: dict[OutputFormat, dict[str, Any]] = {
     OutputFormat.PNG: {"compress_level": 1},
     OutputFormat.JPEG: {"quality": 90},
@@ -71,6 +72,10 @@ class Encoder:
         jobs = [loop.run_in_executor(self._pool, encode_image, pixels, output_format)
                 for pixels in images]
         return list(await asyncio.gather(*jobs))
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Other image work (previews: resize, then encode) in the same bounded pool."""
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

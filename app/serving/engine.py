@@ -21,13 +21,16 @@ import torch
 
 from app.errors import Cancelled, InferenceFailed, ServiceUnavailable, SleepwellError
 from app.observability import metrics
-from app.serving.cpu_share import CpuShare
+from app.serving.cpu_share import adaptive_share
 from app.serving.encoding import to_uint8
 from app.serving.faults import FaultInjector, FaultPlan, check_load_fault, plan_for
 from app.serving.generation import Generation, deadline_exceeded
 from app.serving.host_limits import usable_cores
 from app.serving.model import LoadedModel, load_model, vram_budget
 from app.serving.outcomes import Outcome
+from app.serving.pipelines import plan_call
+from app.serving.previews import Previewer, pipeline_inputs
+from app.serving.usage import note_text_tokens
 from app.settings import Settings
 
 logger = logging.getLogger("sleepwell.engine")
@@ -111,12 +114,13 @@ class Engine:
         self.settings = settings
         self.progress = Progress()
         self.faults = FaultInjector()
+        self.previewer = Previewer(settings.preview_decoder)  # partial images
         self.model: LoadedModel | None = None
         # Cores this process may use (affinity, CPU quota), and torch's thread count as the
         # inference thread last read it: OpenMP's count belongs to the thread that sets it.
         self.cores = usable_cores(settings.cgroup_root)
         self.torch_threads: int | None = None
-        self.cpu_share = _cpu_share(settings, self.cores, self._set_torch_threads)
+        self.cpu_share = adaptive_share(settings, self.cores, self._set_torch_threads)
 
     def load(self, settings: Settings | None = None) -> LoadedModel:
         settings = settings or self.settings
@@ -124,6 +128,7 @@ class Engine:
         # Injected after the load, as a real failure (a bad file, a CUDA error) comes late.
         check_load_fault(settings.fault_injection, settings.fault_load_failure_slots,
                          settings.worker_slot)
+        self.previewer.decoder(model)  # a bad SLEEPWELL_PREVIEW_DECODER fails the start
         self.model = model
         self.torch_threads = torch.get_num_threads()  # as loading left it, on this thread
         return self.model
@@ -199,6 +204,7 @@ class Engine:
         prompts = [generation.prompt for generation in generations for _ in generation.seeds]
         plan = plan_for(prompts, len(generations), self.settings.fault_injection)
         self.progress.start()
+        note_text_tokens(self.model.pipeline, generations)  # usage; why here: serving/usage.py
         self.faults.before_call(plan)
         started = time.monotonic()
         for generation in generations:
@@ -217,12 +223,14 @@ class Engine:
                  plan: FaultPlan) -> Any:
         assert self.model is not None, "run() before load()"
         params = generations[0].params
+        call = plan_call(self.model.pipeline, generations)  # edits: app/serving/pipelines.py
+        if call.unchanged:
+            return call.passthrough()
         with torch.inference_mode():
-            output = self.model.pipeline(
+            output = call.pipeline(
                 prompt=prompts,
                 negative_prompt=_negative_prompts(generations),
-                width=params.width,
-                height=params.height,
+                **call.kwargs,
                 num_inference_steps=params.steps,
                 guidance_scale=params.guidance_scale,
                 # CPU generators: the same seed gives the same noise on any device.
@@ -231,11 +239,12 @@ class Engine:
                 # Tensors, not PIL: PIL and encoding run in the encode pool, off this thread.
                 output_type="pt",
                 callback_on_step_end=self._step_callback(generations, plan),
+                **pipeline_inputs(generations),  # partial images: app/serving/previews.py
             )
-            return to_uint8(output.images)
+            return call.finish(to_uint8(output.images))
 
     def _step_callback(self, generations: list[Generation], plan: FaultPlan) -> Callable[..., Any]:
-        def on_step_end(_pipe: Any, _step: int, _timestep: Any, kwargs: dict[str, Any]) -> Any:
+        def on_step_end(pipe: Any, step: int, _timestep: Any, kwargs: dict[str, Any]) -> Any:
             if plan.any:
                 self.faults.at_step(plan)
             if self.cpu_share is not None:
@@ -246,22 +255,10 @@ class Engine:
                 generation.steps_done += 1
             if all(generation.abandoned() for generation in generations):
                 raise GenerationInterrupted
+            self.previewer.after_step(self.model, generations, pipe, step, kwargs)
             return kwargs
 
         return on_step_end
-
-
-def _cpu_share(settings: Settings, cores: int,
-               set_threads: Callable[[int], None]) -> CpuShare | None:
-    """The shared busy table when gunicorn asked for adaptive threads (several CPU workers)."""
-    if not settings.adaptive_threads or settings.state_dir is None or settings.worker_slot is None:
-        return None
-    try:
-        return CpuShare(settings.state_dir / "cpu-share", settings.worker_slot, cores,
-                        set_threads)
-    except (OSError, ValueError) as exc:  # serve with the static share rather than not at all
-        logger.warning("adaptive torch threads off: %s", exc)
-        return None
 
 
 def _negative_prompts(generations: list[Generation]) -> list[str] | None:

@@ -6,10 +6,14 @@ import asyncio
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from app.contract.images import OutputFormat, WorkKind
 from app.errors import DeadlineExceeded
+from app.uploads.inputs import EditInputs
+
+if TYPE_CHECKING:
+    from app.serving.previews import PreviewFeed
 
 
 @dataclass(frozen=True)
@@ -21,12 +25,22 @@ class GenerationParams:
     output_format: OutputFormat
     kind: WorkKind = WorkKind.GENERATE
     partial_images: int = 0  # previews to send while it denoises (streams only), 0-3
+    strength: float = 1.0  # edits: how much of the input is redrawn (1.0: generations)
+    has_mask: bool = False  # edits: inpainting (another pipeline) rather than img2img
+
+    @property
+    def denoising_steps(self) -> int:
+        """Steps the pipeline really runs: image-to-image skips the first (1 - strength)
+        of them (diffusers: int(steps * strength)); generations run them all."""
+        if self.kind is WorkKind.GENERATE:
+            return self.steps
+        return min(self.steps, int(self.steps * self.strength))
 
     @property
     def batch_key(self) -> tuple[Any, ...]:
         """Requests with equal keys can share one pipeline call."""
         return (self.kind, self.width, self.height, self.steps, self.guidance_scale,
-                self.output_format)
+                self.output_format, self.strength, self.has_mask)
 
 
 @dataclass(eq=False)
@@ -44,6 +58,9 @@ class Generation:
     started_at: float | None = None
     finished_at: float | None = None
     steps_done: int = 0
+    inputs: EditInputs | None = None  # edits: the image, and the mask to inpaint
+    previews: PreviewFeed | None = None  # set when someone takes its partial images
+    text_tokens: int = 0  # its prompts as the model's tokenizer counts them (serving/usage.py)
 
     @property
     def image_count(self) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from app.contract.images import WorkKind
 from app.errors import Cancelled, DeadlineExceeded, SleepwellError
 from app.observability import metrics
 
@@ -28,7 +29,13 @@ def status_of(outcome: Outcome) -> str:
     return "rejected" if outcome.code in REJECTION_CODES else "failed"  # OOM, errors
 
 
-def count_answer(status: str, seconds: float) -> None:
-    """The one place a request's final status is counted (and how long it waited for it)."""
-    metrics.GENERATIONS.labels(status=status).inc()
-    metrics.ANSWER_SECONDS.labels(status=status).observe(seconds)
+def count_answer(
+    kind: WorkKind, status: str, seconds: float, images: int = 0
+) -> None:
+    """The one place a request's final status is counted, with how long it waited for it
+    and, for a success, its images and latency."""
+    metrics.GENERATIONS.labels(status=status, kind=kind.value).inc()
+    metrics.ANSWER_SECONDS.labels(status=status, kind=kind.value).observe(seconds)
+    if status == "success":
+        metrics.IMAGES.labels(kind=kind.value).inc(images)
+        metrics.LATENCY.labels(kind=kind.value).observe(seconds)

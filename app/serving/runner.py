@@ -16,6 +16,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, NoReturn
 
+from app.contract.images import WorkKind
 from app.errors import (
     InferenceFailed,
     QueueFull,
@@ -73,20 +74,20 @@ class Runner:
             self.refuse(ServiceUnavailable(
                 "This worker is shutting down; retry and another will answer.",
                 code="draining", retry_after_s=1,
-            ), generation.arrived_at)
+            ), generation.arrived_at, generation.params.kind)
         if len(self.queue) >= self.max_queue:
             self.refuse(QueueFull(
                 f"The queue is full ({self.max_queue} requests waiting); retry later.",
                 retry_after_s=self.estimated_wait_s(),
-            ), generation.arrived_at)
+            ), generation.arrived_at, generation.params.kind)
         self.queue.append(generation)
         self._idle.clear()
         metrics.QUEUE_DEPTH.inc()
         self._wakeup.set()
 
-    def refuse(self, error: SleepwellError, arrived_at: float) -> NoReturn:
+    def refuse(self, error: SleepwellError, arrived_at: float, kind: WorkKind) -> NoReturn:
         """Count and raise the answer for a request that never entered the queue."""
-        count_answer(status_of(error), time.monotonic() - arrived_at)
+        count_answer(kind, status_of(error), time.monotonic() - arrived_at)
         raise error
 
     def estimated_wait_s(self) -> float:
@@ -99,10 +100,10 @@ class Runner:
         per_step = per_step or _UNMEASURED_SECONDS_PER_STEP
         steps = 0
         if self.inflight:
-            steps += max(0, self.inflight[0].params.steps - self.inflight[0].steps_done)
+            steps += max(0, self.inflight[0].params.denoising_steps - self.inflight[0].steps_done)
         queued = list(self.queue)
         for start in range(0, len(queued), self.max_batch):
-            steps += max(g.params.steps for g in queued[start : start + self.max_batch])
+            steps += max(g.params.denoising_steps for g in queued[start : start + self.max_batch])
         return steps * per_step
 
     def spare_capacity(self) -> int:
@@ -117,7 +118,8 @@ class Runner:
         if generation in self.queue:
             self.queue.remove(generation)
             metrics.QUEUE_DEPTH.dec()
-            metrics.QUEUE_WAIT.labels(outcome="abandoned").observe(generation.queue_seconds())
+            metrics.QUEUE_WAIT.labels(outcome="abandoned", kind=generation.params.kind.value
+                                      ).observe(generation.queue_seconds())
         self.settle(generation, reason)
         self._note_if_idle()
 
@@ -126,12 +128,11 @@ class Runner:
             return
         status = status_of(outcome)
         elapsed = time.monotonic() - generation.arrived_at
-        count_answer(status, elapsed)
+        images = 0 if isinstance(outcome, SleepwellError) else len(outcome)
+        count_answer(generation.params.kind, status, elapsed, images)
         if isinstance(outcome, SleepwellError):
             generation.future.set_exception(outcome)
         else:
-            metrics.IMAGES.inc(len(outcome))
-            metrics.LATENCY.observe(elapsed)
             generation.future.set_result(outcome)
         self._answering[generation] = time.monotonic()
 
@@ -230,10 +231,12 @@ class Runner:
 
     async def _execute(self, batch: list[Generation]) -> None:
         dispatched = time.monotonic()
+        kind = batch[0].params.kind.value  # one kind per call: it is part of the batch key
         for generation in batch:
             generation.started_at = dispatched
-            metrics.QUEUE_WAIT.labels(outcome="dispatched").observe(generation.queue_seconds())
-        metrics.BATCH_SIZE.observe(len(batch))
+            metrics.QUEUE_WAIT.labels(outcome="dispatched", kind=kind).observe(
+                generation.queue_seconds())
+        metrics.BATCH_SIZE.labels(kind=kind).observe(len(batch))
         metrics.INFLIGHT.inc(len(batch))
         self.inflight = batch
         try:

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from app import __version__
+from app.contract.images import WorkKind
 from app.errors import ServiceUnavailable, SleepwellError
 from app.observability import metrics
 from app.serving import gpu
@@ -153,21 +154,24 @@ class Service:
         metrics.CONNECTIONS_SHED.inc()
         return True
 
-    async def serving_model(self, arrived_at: float, requested: str | None = None) -> LoadedModel:
-        """The model to run a new request on; while loading, wait a little for it."""
+    async def serving_model(
+        self, arrived_at: float, requested: str | None = None, *, kind: WorkKind
+    ) -> LoadedModel:
+        """The model to run a new request of ``kind`` on; while loading, wait a little for
+        it. A refusal here is counted under ``kind``."""
         if self.health.state() is WorkerState.STARTING:
             await self._wait_for_load()
         state = self.health.state()
         model = self.engine.model
         if model is None or state in (WorkerState.DRAINING, WorkerState.STALLED,
                                       WorkerState.FAILED):
-            self.runner.refuse(self._not_serving(state), arrived_at)
+            self.runner.refuse(self._not_serving(state), arrived_at, kind)
         if requested is not None and requested != model.name and (
                 requested == await self.swapper.pending_model_name()):
             self.runner.refuse(ServiceUnavailable(
                 f"This worker is still switching to '{requested}'; retry in a moment.",
                 code="model_switching", retry_after_s=2,
-            ), arrived_at)
+            ), arrived_at, kind)
         return model
 
     def _not_serving(self, state: WorkerState) -> SleepwellError:

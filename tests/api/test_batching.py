@@ -61,7 +61,7 @@ def test_batching_request_queued_behind_a_run_waits_for_company(server) -> None:
     # At least 4 s of sleep and few steps of compute: long enough to queue behind on any
     # machine, short enough for the deadline under a CPU hog (50 steps once took > 60 s).
     long_run = {"prompt": "[[slow=0.25]] a long run", "size": "64x64", "stream": True,
-                "num_inference_steps": 16}
+                "stream_progress": True, "num_inference_steps": 16}
     with ThreadPoolExecutor(1) as pool, httpx.stream(
         "POST", server.url + GENERATE, timeout=60, json=long_run,
     ) as answer:

@@ -16,6 +16,8 @@ FORBIDDEN = {
     "jobs": {"api", "ui"},
     "security": {"api", "serving", "jobs", "ui"},
     "observability": {"api", "jobs", "ui"},
+    "uploads": {"api", "serving", "jobs", "security", "observability", "ui", "relay"},
+    "net": {"api", "serving", "jobs", "security", "observability", "ui", "relay", "uploads"},
 }
 
 

@@ -122,3 +122,24 @@ async def test_reconcile_tombstone_older_than_seven_days_is_deleted(parts: Parts
     await maintenance.reconcile(parts.database, parts.queue)
     assert parts.job("job_ancient") is None
     assert parts.job("job_recent_tombstone") is not None
+
+
+async def test_reconcile_drops_expired_inputs_and_partials_of_jobs_ended_a_minute_ago(
+    parts: Parts,
+) -> None:
+    for job_id, ended, expires in (("job_old", "2 hours", "- interval '1 hour'"),
+                                   ("job_just_ended", "1 second", "+ interval '1 hour'")):
+        parts.add_job(job_id, "succeeded", kind="edit")
+        query(parts.url, f"UPDATE sleepwell_jobs SET finished_at = now() - interval '{ended}',"
+                         f" expires_at = now() {expires} WHERE id = %s", (job_id,))
+        query(parts.url, "INSERT INTO sleepwell_job_inputs (job_id, image) VALUES (%s, %s)",
+              (job_id, b"\x89PNG"))
+        query(parts.url, "INSERT INTO sleepwell_job_partials VALUES (%s, 1, 0, %s)",
+              (job_id, Jsonb({"images": []})))
+    await maintenance.reconcile(parts.database, parts.queue)
+
+    def left(table: str) -> set[str]:
+        return {row[0] for row in query(parts.url, f"SELECT job_id FROM {table}")}
+
+    assert left("sleepwell_job_inputs") == {"job_just_ended"}  # expired: its inputs went
+    assert left("sleepwell_job_partials") == {"job_just_ended"}  # streams may still read it

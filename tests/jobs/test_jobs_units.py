@@ -13,8 +13,8 @@ from app.jobs.database import Database
 from app.jobs.embedded import EmbeddedPostgres
 from app.jobs.migrations import MIGRATIONS, migrate
 from app.jobs.schemas import JobStatus
-from app.jobs.ssrf import WebhookRefused, parse_allowed, resolve
 from app.jobs.store import JobStore, NewJob
+from app.net.ssrf import WebhookRefused, parse_allowed, resolve
 from app.settings import Settings
 from tests.jobs.postgres import TestPostgres, query
 

@@ -21,9 +21,9 @@ from app.jobs.database import Database
 from app.jobs.migrations import migrate
 from app.jobs.queue import JobQueue
 from app.jobs.schemas import JobStatus
-from app.jobs.ssrf import allowed_hosts, check_target, resolve
 from app.jobs.store import JobStore, NewJob
 from app.jobs.webhooks import Webhooks
+from app.net.ssrf import allowed_hosts, check_target, resolve
 from app.observability import metrics
 from app.settings import Settings
 from tests.jobs.helpers import WEBHOOK_SECRET, Receiver, webhook_receiver

@@ -1,4 +1,4 @@
-"""Which address a webhook may connect to (app/jobs/ssrf.py). Nothing here connects anywhere:
+"""Which address a webhook may connect to (app/net/ssrf.py). Nothing here connects anywhere:
 numeric hosts go through the system resolver without DNS, names through a resolver we pass.
 """
 
@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import pytest
 
 from app.errors import InvalidRequest
-from app.jobs.ssrf import (
+from app.net.ssrf import (
     Resolver,
     WebhookRefused,
     WebhookUnresolved,

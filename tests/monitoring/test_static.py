@@ -31,6 +31,11 @@ DASHBOARD_TOPICS = {
     "in-flight": r"image_generation_inflight",
     "queue wait": r"image_generation_queue_wait_seconds",
     "answer time by status": r"by \(le, status\) \(rate\(image_generation_answer_seconds_bucket",
+    "request rate by kind": r"by \(kind\) \(rate\(image_generation_total",
+    "error ratio by kind": (r"by \(kind\) \(rate\(image_generation_total\{[^}]*"
+                            r'status=~"failed\|timeout"'),
+    "latency by kind": r"by \(le, kind\) \(rate\(image_generation_latency_seconds_bucket",
+    "queue wait by kind": r"by \(le, kind\) \(rate\(image_generation_queue_wait_seconds_bucket",
     "model load failures": r"model_load_failures_total",
     "batch size": r"image_generation_batch_size",
     "gpu memory allocated": r"gpu_memory_allocated_bytes",
@@ -246,7 +251,7 @@ def test_grafana_provisioning_points_at_prometheus_and_dashboards() -> None:
 def test_grafana_dashboard_has_job_and_instance_variables_and_every_topic() -> None:
     dashboard = json.loads(dashboards.path_of("sleepwell-service.json").read_text())
     names = {v["name"] for v in dashboard["templating"]["list"]}
-    assert {"job", "instance"} <= names
+    assert {"job", "instance", "kind"} <= names
     exprs = "\n".join(query.expr for query in dashboards.panel_queries())
     missing = [topic for topic, pattern in DASHBOARD_TOPICS.items()
                if not re.search(pattern, exprs)]
@@ -260,13 +265,14 @@ def test_grafana_dashboard_has_job_and_instance_variables_and_every_topic() -> N
 
 def test_grafana_dashboard_queries_parse_with_promtool(tmp_path: Path) -> None:
     rules = []
+    every = {name: ".*" for name, _ in dashboards.variable_queries()}  # "All" of each
     for number, query in enumerate(dashboards.panel_queries()):
-        expr = dashboards.substitute(query.expr, {"job": ".*", "instance": ".*"}, "1m", "1h")
+        expr = dashboards.substitute(query.expr, every, "1m", "1h")
         rules.append({"record": f"dashboard:query_{number}", "expr": expr})
     for name, query in dashboards.variable_queries():
         selector, _ = dashboards.split_label_values(query)
         if selector:
-            expr = dashboards.substitute(selector, {"job": ".*", "instance": ".*"}, "1m", "1h")
+            expr = dashboards.substitute(selector, every, "1m", "1h")
             rules.append({"record": f"dashboard:variable_{name}", "expr": expr})
     path = tmp_path / "dashboard_queries.yml"
     path.write_text(yaml.safe_dump({"groups": [{"name": "dashboards", "rules": rules}]}))

@@ -22,7 +22,7 @@ def test_demo_model_built_twice_has_identical_weights(demo_model_dir, tmp_path) 
     again = ensure_demo_model(tmp_path / "demo")
     assert is_built(again)
     digests = weight_digests(again)
-    assert len(digests) == 3  # unet, vae, text encoder
+    assert len(digests) == 4  # unet, vae, text encoder, preview decoder
     assert digests == weight_digests(demo_model_dir)
 
 

@@ -164,13 +164,13 @@ async def test_runner_full_queue_retry_after_tracks_the_real_wait(engine) -> Non
     await async_wait_until(lambda: long_jobs[0].steps_done > 0, 60, what="first job running")
     runner.submit(long_jobs[1])
     runner.submit(long_jobs[2])  # two wait: the queue is full
-    rejected_before = sample(metrics.GENERATIONS, status="rejected")
+    rejected_before = sample(metrics.GENERATIONS, status="rejected", kind="generate")
     with pytest.raises(QueueFull) as caught:
         runner.submit(job(engine))
     refused_at = time.monotonic()
     estimate = caught.value.retry_after_s
     assert caught.value.status_code == 429
-    assert sample(metrics.GENERATIONS, status="rejected") == rejected_before + 1
+    assert sample(metrics.GENERATIONS, status="rejected", kind="generate") == rejected_before + 1
     await asyncio.gather(*(item.future for item in long_jobs))
     actual = time.monotonic() - refused_at  # when a request refused then could have started
     # Two queued jobs of 10 paced steps wait behind the running one; every paced step sleeps

@@ -13,6 +13,7 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts" / "ui"
 PHONE = {"width": 390, "height": 844}
+NARROW_PHONE = {"width": 375, "height": 740}  # where issue 21 saw the cut size label
 DESKTOP = {"width": 1280, "height": 860}
 # Console lines a page may print and still be healthy: the browser logs every non-2xx
 # response (the error tests provoke 400/401/429/503 on purpose).
@@ -39,8 +40,13 @@ class Tab:
         assert not self.problems, self.problems
 
 
-def open_tab(browser: Browser, url: str, viewport: dict[str, int] = DESKTOP) -> Tab:
-    context = browser.new_context(viewport=viewport, accept_downloads=True)
+def open_tab(browser: Browser, url: str, viewport: dict[str, int] = DESKTOP, *,
+             touch: bool = False, init_script: str | None = None) -> Tab:
+    """``touch``: a touch screen, as on a phone (taps and touch input reach the page).
+    ``init_script``: runs in the page before its own scripts (to observe, not to change)."""
+    context = browser.new_context(viewport=viewport, accept_downloads=True, has_touch=touch)
+    if init_script:
+        context.add_init_script(init_script)
     page = context.new_page()
     tab = Tab(page)
     page.on("pageerror", lambda error: tab.problems.append(f"pageerror: {error}"))

@@ -13,7 +13,10 @@ from tests.ui.browser import CHROMIUM, FLAGS
 
 # Fault injection: "[[slow=S]]" in a prompt makes every step take S seconds, so the
 # intermediate steps and a cancel mid-run are observable without any timing assertion.
-PLAYGROUND_ENV = {"SLEEPWELL_FAULT_INJECTION": "true", "SLEEPWELL_DEFAULT_STEPS": "4"}
+# The edit strength is not the built-in default, so the page's slider shows it came from
+# the server.
+PLAYGROUND_ENV = {"SLEEPWELL_FAULT_INJECTION": "true", "SLEEPWELL_DEFAULT_STEPS": "4",
+                  "SLEEPWELL_EDIT_STRENGTH": "0.55"}
 
 
 @pytest.fixture(scope="package")

@@ -11,7 +11,8 @@ from app.api.routers.ui import UI_DIR
 from app.main import create_app
 from app.settings import Settings
 
-STATIC = ["index.html", "app.css", "app.js", "estimate.js", "favicon.svg"]
+STATIC = ["index.html", "app.css", "favicon.svg", "app.js", "estimate.js", "sizes.js", "health.js",
+          "errors.js", "stream.js", "progress.js", "results.js", "mask.js", "edit.js"]
 
 
 def client(**settings: object) -> TestClient:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import secrets
 import uuid
 from typing import Annotated, Any
 
@@ -13,18 +12,17 @@ from sse_starlette import EventSourceResponse
 from starlette.background import BackgroundTask
 
 from app.api.deps import RequestIdDep, ServiceDep
-from app.contract.images import MAX_SEED
 from app.errors import Forbidden, InvalidRequest, NotFound, ServiceUnavailable
 from app.jobs.component import JobsComponent
 from app.jobs.database import DATABASE_DOWN, UNAVAILABLE_ERRORS
 from app.jobs.events import job_events
 from app.jobs.job_log import log_cancel_requested
 from app.jobs.schemas import FINAL_STATUSES, JobCreateRequest, JobList, JobStatus, JobView
-from app.jobs.ssrf import check_target
 from app.jobs.store import NewJob
+from app.jobs.work import admit_job
+from app.net.ssrf import check_target
 from app.observability import metrics
 from app.security.keys import KeyRing, bearer_token
-from app.serving.admission import build_generation
 
 router = APIRouter(tags=["jobs"])
 ANONYMOUS = "anonymous"  # the owner of every job while API keys are off
@@ -80,16 +78,14 @@ async def create_job(
         # be read by no key at all.
         raise Forbidden("The admin key cannot submit jobs; use an API key.",
                         code="admin_key_not_for_jobs")
-    generation_body = body.generation_body()
-    seed = generation_body.seed if generation_body.seed is not None else secrets.randbelow(
-        MAX_SEED + 1)
+    request.state.kind = body.kind.value  # for the access line
     # Validated against this worker's model; it need not be ready or idle: the queue is
     # durable and any worker may run the job. Not a generation request, so not counted here.
     model = service.engine.model
     if model is None:
         raise ServiceUnavailable("The model is still loading; retry shortly.",
                                  code="model_loading", retry_after_s=5)
-    steps = build_generation(generation_body, service.settings, model, request_id).params.steps
+    admitted = await admit_job(body, service.settings, model, request_id)
     if body.webhook is not None:
         if jobs.webhooks.signer is None:
             raise InvalidRequest("Webhooks need SLEEPWELL_WEBHOOK_SECRET on the server.",
@@ -97,9 +93,9 @@ async def create_job(
         await check_target(body.webhook, service.settings)
     new = NewJob(
         id=f"job_{uuid.uuid4().hex}", owner=owner_of(request), idempotency_key=idempotency_key,
-        request=generation_body.model_dump(mode="json"), seed=seed, steps=steps,
+        request=admitted.request, seed=admitted.seed, steps=admitted.steps,
         webhook_url=body.webhook, webhook_events=list(body.webhook_events),
-        request_id=request_id,
+        request_id=request_id, kind=admitted.kind.value, inputs=admitted.inputs,
     )
     row, created = await jobs.store.create(new)
     if created:
@@ -147,7 +143,7 @@ async def cancel_job(job_id: str, request: Request, request_id: RequestIdDep) ->
     cancelled = await jobs.store.request_cancel(job_id)
     log_cancel_requested(row, cancelled, request_id)
     if cancelled is not None and cancelled["status"] == JobStatus.CANCELLED.value:
-        metrics.JOBS.labels(status="cancelled").inc()
+        metrics.JOBS.labels(status="cancelled", kind=cancelled["kind"]).inc()
         await jobs.queue.abort_queued(job_id)
         # Not enqueued (the database blinked): maintenance enqueues it from the final row.
         with contextlib.suppress(*DATABASE_DOWN):

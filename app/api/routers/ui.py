@@ -18,6 +18,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from app.api.deps import ServiceDep, SettingsDep
 from app.errors import NotFound
 from app.security.keys import SecurityConfigError, configured_api_keys
+from app.serving.admission import INPAINT_STRENGTH
 from app.serving.run_estimate import size_fits
 
 router = APIRouter(tags=["ui"], include_in_schema=False)
@@ -27,6 +28,14 @@ _ASSETS = {
     "app.css": "text/css; charset=utf-8",
     "app.js": "text/javascript; charset=utf-8",
     "estimate.js": "text/javascript; charset=utf-8",
+    "sizes.js": "text/javascript; charset=utf-8",
+    "health.js": "text/javascript; charset=utf-8",
+    "errors.js": "text/javascript; charset=utf-8",
+    "stream.js": "text/javascript; charset=utf-8",
+    "progress.js": "text/javascript; charset=utf-8",
+    "results.js": "text/javascript; charset=utf-8",
+    "mask.js": "text/javascript; charset=utf-8",
+    "edit.js": "text/javascript; charset=utf-8",
     "favicon.svg": "image/svg+xml",
 }
 # The key typed into the page sits in localStorage, so no script but ours may ever run.
@@ -55,8 +64,9 @@ async def ui_page() -> FileResponse:
 
 @router.get("/ui/config.json")
 async def ui_config(settings: SettingsDep, service: ServiceDep) -> JSONResponse:
-    """What the form needs: whether to ask for a key, the limits, the defaults, and the
-    sizes this worker can finish inside the request deadline (app/serving/run_estimate.py)."""
+    """What the form needs: whether to ask for a key, the limits, the defaults (the strength
+    slider starts at the server's own), and the sizes this worker can finish inside the
+    request deadline (app/serving/run_estimate.py)."""
     model = service.engine.model
     native = f"{model.native_width}x{model.native_height}" if model is not None else None
     try:
@@ -77,6 +87,9 @@ async def ui_config(settings: SettingsDep, service: ServiceDep) -> JSONResponse:
         "defaults": {
             "steps": settings.default_steps,
             "guidance_scale": settings.default_guidance_scale,
+            # What an edit that sends no strength gets, without and with a mask.
+            "edit_strength": settings.edit_strength,
+            "inpaint_strength": INPAINT_STRENGTH,
         },
         "deadline_s": settings.request_timeout_s,
         "sizes": size_fits(model, settings),
