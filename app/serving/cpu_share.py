@@ -1,6 +1,6 @@
 """Torch threads per worker from how many sibling workers are denoising right now.
 
-Measured on 2 cores (bench/throughput.py, README "Performance"): one worker with 2 threads
+Measured on 2 cores (bench/throughput.py, docs/performance.md): one worker with 2 threads
 answers a lone image fastest, but under load two single-threaded workers serve about 1.14x
 the raw loop where one 2-thread worker serves 0.87x (anything that preempts one OpenMP
 thread stalls its partner at the next barrier). So with several workers on a CPU box each
@@ -24,7 +24,7 @@ a pid that no longer exists counts as idle, so nobody waits for a respawn to cle
 ``cores`` are those the worker may use (affinity, cgroup CPU quota:
 app/serving/host_limits.py), not the host's. The table belongs to one gunicorn master:
 another master on the same box counts only its own workers, so give each master its own
-cores (README "Adaptive threads").
+cores (docs/performance.md, "CPU workers and threads").
 """
 
 from __future__ import annotations

@@ -133,12 +133,28 @@ def _preview_decoder() -> Any:
 def _save_preview_decoder(model_dir: Path, seed: int) -> None:
     decoder = _seeded(_preview_decoder, seed)
     decoder.save_pretrained(model_dir / PREVIEW_DECODER_FOLDER, safe_serialization=True)
+    _drop_unexpected_config(model_dir / PREVIEW_DECODER_FOLDER / "config.json")
+
+
+def _drop_unexpected_config(config_file: Path) -> None:
+    """AutoencoderTiny registers ``block_out_channels`` in its config itself, then warns on
+    every load that the key is unexpected: a WARNING at each start. TAESD's own files lack it."""
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    if config.pop("block_out_channels", None) is None:
+        return
+    scratch = config_file.with_suffix(f".{os.getpid()}.tmp")
+    scratch.write_text(json.dumps(config, indent=2, sort_keys=True), encoding="utf-8")
+    os.replace(scratch, config_file)
 
 
 def ensure_preview_decoder(target: Path, seed: int = DEMO_SEED) -> None:
     """Add the preview decoder to a demo model built before it had one (atomic, like the
     model: built aside, then renamed into place; a sibling worker's rename may win)."""
     if (target / PREVIEW_DECODER_FOLDER / "config.json").is_file():
+        try:  # a copy built before the key was dropped
+            _drop_unexpected_config(target / PREVIEW_DECODER_FOLDER / "config.json")
+        except (OSError, ValueError) as exc:
+            logger.warning("demo preview decoder config in %s left as is: %s", target, exc)
         return
     scratch = Path(tempfile.mkdtemp(prefix=".preview-build-", dir=target.parent))
     try:

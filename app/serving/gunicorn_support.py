@@ -80,7 +80,7 @@ def cpu_threads_per_worker(workers: int, cores: int) -> int:
     """Each worker's share of the cores it may use: all of them for one worker, one each for
     one per core.
 
-    Chosen by measurement (bench/throughput.py, 2 cores, 3 runs; README "Performance"):
+    Chosen by measurement (bench/throughput.py, 2 cores, 3 runs; docs/performance.md):
     one worker with 2 threads served more than with 1 and kept health p99 in the same range;
     keeping a core "free" cost 27-30 %. More threads than cores (oversubscription) is what
     stalls OpenMP, so the shares never add up to more than the cores. ``cores`` are those

@@ -2,7 +2,7 @@
 
 Two CPU workers with adaptive threads (app/serving/cpu_share.py) answer a lone image as
 fast as one worker with every core and serve about 1.1x the raw loop under load, where one
-worker serves 0.87x (bench/throughput.py, README "Performance"). But every worker holds
+worker serves 0.87x (bench/throughput.py, docs/performance.md). But every worker holds
 its own copy of the model, so the second costs a second copy.
 
 The master decides before any worker forks and before the model is loaded (it never

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import stat
 from pathlib import Path
 
@@ -39,3 +40,17 @@ def test_demo_model_loads_through_from_pretrained_at_native_64px(demo_model_dir)
     assert str(model.dtype) == "torch.float32" and model.device.type == "cpu"
     total = sum(path.stat().st_size for path in demo_model_dir.rglob("*") if path.is_file())
     assert total < 10 * 1024 * 1024
+
+
+def test_demo_model_preview_decoder_loads_without_a_library_warning(demo_model_dir,
+                                                                     caplog) -> None:
+    from diffusers import AutoencoderTiny
+
+    library = logging.getLogger("diffusers")  # it does not propagate to the root logger
+    library.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.WARNING, logger="diffusers"):
+            AutoencoderTiny.from_pretrained(demo_model_dir / "preview_decoder")
+    finally:
+        library.removeHandler(caplog.handler)
+    assert [record.getMessage() for record in caplog.records] == []
