@@ -209,7 +209,7 @@ class Consumer:
     async def _watch(self, job: ActiveJob, generation: Generation) -> None:
         """Progress to the database (throttled), progress webhooks, and cancel requests.
         Heartbeats are not here: they never wait on any of this."""
-        steps, last_step = generation.params.steps, -1
+        steps, last_step = generation.params.denoising_steps, -1
         while not generation.future.done():
             await asyncio.sleep(self.settings.job_progress_interval_s)
             if job.partials is not None:

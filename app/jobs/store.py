@@ -203,7 +203,9 @@ class JobStore:
     async def progress(self, job_id: str, step: int) -> bool:
         """Write the step; True if the client asked to cancel."""
         row = await self._one(
-            "UPDATE sleepwell_jobs SET progress_step = %(step)s WHERE id = %(id)s"
+            # A final row keeps its step: this write may race the one that finished it.
+            "UPDATE sleepwell_jobs SET progress_step = CASE WHEN status = ANY(%(final)s::text[])"
+            " THEN progress_step ELSE %(step)s END WHERE id = %(id)s"
             " RETURNING cancel_requested OR status = ANY(%(final)s::text[]) AS stop",
             {"id": job_id, "step": step, "final": _FINAL})
         return bool(row and row["stop"])

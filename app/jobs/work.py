@@ -44,12 +44,13 @@ async def admit_job(body: JobCreateRequest, settings: Settings, model: LoadedMod
     """Check a job's request against the limits and the model; 4xx naming the parameter."""
     if body.kind is WorkKind.GENERATE:
         generation_body = body.generation_body()
-        steps = build_generation(generation_body, settings, model, request_id).params.steps
+        params = build_generation(generation_body, settings, model, request_id).params
+        steps = params.denoising_steps  # what the progress counts: the steps that run
         return AdmittedJob(WorkKind.GENERATE, generation_body.model_dump(mode="json"),
                            _seed(generation_body), steps)
     edit_body = body.edit_body()
     inputs = await read_inputs(edit_body, settings)
-    steps = build_edit(edit_body, inputs, settings, model, request_id).params.steps
+    steps = build_edit(edit_body, inputs, settings, model, request_id).params.denoising_steps
     stored = await store_ready(inputs, settings)
     request = edit_body.model_dump(mode="json", exclude=_NOT_STORED)
     request["inputs_sha256"] = stored.sha256()

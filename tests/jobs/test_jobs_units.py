@@ -56,6 +56,31 @@ async def test_store_first_final_write_wins_and_ttl_expires(postgres: TestPostgr
         await database.close()
 
 
+async def test_store_progress_written_after_the_final_write_leaves_the_step(
+    postgres: TestPostgres,
+) -> None:
+    # The throttled progress writer may race the final write: a succeeded job stays at
+    # step == steps, and the writer learns the job is over.
+    url = postgres.new_database()
+    database = Database(url, Settings(database_timeout_s=2))
+    await database.open()
+    try:
+        async with database.connection() as conn:
+            await migrate(conn)
+        store = JobStore(database, ttl_s=60)
+        await store.create(NewJob(id="job_late", owner="o", idempotency_key=None,
+                                  request={"prompt": "x"}, seed=1, steps=4, webhook_url=None,
+                                  webhook_events=[]))
+        assert (await store.start("job_late", "w1")) is not None
+        assert await store.progress("job_late", 2) is False
+        assert await store.finish("job_late", JobStatus.SUCCEEDED, result=[]) is not None
+        assert await store.progress("job_late", 3) is True  # over: stop watching
+        row = await store.get("job_late")
+        assert row is not None and (row["progress_step"], row["progress_steps"]) == (4, 4)
+    finally:
+        await database.close()
+
+
 @pytest.mark.parametrize("url", ["http://127.0.0.1:8000/x", "http://localhost/x",
                                  "http://169.254.169.254/", "http://192.168.1.1/",
                                  "http://[::ffff:127.0.0.1]/", "http://0.0.0.0/"])
