@@ -60,8 +60,12 @@ def test_health_worker_failing_to_load_leaves_rotation_siblings_serve(demo_model
            "SLEEPWELL_LOAD_BACKOFF_S": "0.5", "SLEEPWELL_LOAD_ATTEMPTS": "2"}
     with gunicorn_server(env, wait=False, workers=2) as server:
         server.wait_ready(timeout=120)
-        # Slot 1 fails, exits and is respawned with a backoff, again and again; each retry
-        # loads for as long as a real load (the fault comes after it). Probes run all along.
+        # Slot 1's first worker listens while it loads (nobody knows yet that it will fail):
+        # a probe may meet it and rightly hear 503. Once it has failed, slot 1 is respawned
+        # with a backoff, again and again; each retry loads as long as a real load (the
+        # fault comes after it). Probes run through all the retries.
+        wait_until(lambda: re.search(RETRY, server.log()), 120, period=0.1,
+                   what="slot 1's first load failed")
         with probing(server, "/health/ready") as probes:
             # A third respawn: the first two retries have come and gone.
             wait_until(lambda: len(re.findall(RETRY, server.log())) >= 3, 120, period=0.2,
