@@ -18,11 +18,11 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from app.contract.edits import ImageEditRequest, ImageReference
-from app.errors import InvalidRequest, PayloadTooLarge
+from app.contract.edits import ImageEditRequest
+from app.errors import PayloadTooLarge
 from app.settings import Settings
 from app.uploads.inputs import EditInputs, check_image_count, load_inputs
-from app.uploads.sources import read_image_url
+from app.uploads.sources import read_reference
 
 # The JSON form's parameter names: the 400s name what the client sent.
 IMAGES_PARAM = "images"
@@ -49,17 +49,9 @@ async def read_inputs(body: ImageEditRequest, settings: Settings) -> EditInputs:
     """Fetch and check the JSON form's image (and mask): 400/413 naming the parameter."""
     references = body.images or []
     check_image_count(len(references), IMAGES_PARAM)
-    images = [await _read(reference, IMAGES_PARAM, settings) for reference in references]
-    mask = await _read(body.mask, "mask", settings) if body.mask is not None else None
+    images = [await read_reference(reference, IMAGES_PARAM, settings) for reference in references]
+    mask = await read_reference(body.mask, "mask", settings) if body.mask is not None else None
     return await load_inputs(images, mask, settings, image_param=IMAGES_PARAM)
-
-
-async def _read(reference: ImageReference, param: str, settings: Settings) -> bytes:
-    if reference.image_url is None:
-        detail = "file ids are not supported here" if reference.file_id else "it is missing"
-        raise InvalidRequest(f"{param} needs an image_url ({detail}); send a data: URL "
-                             "(data:image/png;base64,...).", param=param)
-    return await read_image_url(reference.image_url, param, settings)
 
 
 def _png(image: Image.Image) -> bytes:

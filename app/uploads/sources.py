@@ -12,6 +12,7 @@ from urllib.parse import unquote_to_bytes
 import httpx
 from starlette.datastructures import UploadFile
 
+from app.contract.edits import ImageReference
 from app.errors import InvalidRequest
 from app.net.ssrf import WebhookRefused, WebhookUnresolved, allowed_hosts, resolve
 from app.settings import Settings
@@ -87,3 +88,12 @@ async def _fetch(url: str, param: str, settings: Settings) -> bytes:
         raise InvalidRequest(f"{param} URL could not be fetched: {type(exc).__name__}.",
                              param=param, code="image_url_failed") from exc
     return b"".join(chunks)
+
+
+async def read_reference(reference: ImageReference, param: str, settings: Settings) -> bytes:
+    """The bytes of a JSON-form image (``{"image_url": ...}``); file ids are not kept here."""
+    if reference.image_url is None:
+        detail = "file ids are not supported here" if reference.file_id else "it is missing"
+        raise InvalidRequest(f"{param} needs an image_url ({detail}); send a data: URL "
+                             "(data:image/png;base64,...).", param=param)
+    return await read_image_url(reference.image_url, param, settings)

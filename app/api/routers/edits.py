@@ -19,13 +19,13 @@ from app.api.deps import RequestIdDep, ServiceDep
 from app.api.forms import as_request_error, is_multipart, read_json, read_multipart, validated
 from app.api.streaming import STREAM_RESPONSE_DOC
 from app.api.upload_docs import json_schema, multipart_schema, request_body
-from app.contract.edits import ImageEditRequest, ImageReference, from_form
+from app.contract.edits import ImageEditRequest, from_form
 from app.contract.images import ImageGenerationResponse, WorkKind
 from app.errors import InvalidRequest
 from app.serving.admission import build_edit
 from app.settings import Settings
 from app.uploads.inputs import check_image_count, load_inputs
-from app.uploads.sources import read_image_url
+from app.uploads.sources import read_reference
 
 router = APIRouter(tags=["images"])
 
@@ -78,14 +78,6 @@ async def _json_edit(request: Request, settings: Settings
     body: ImageEditRequest = validated(ImageEditRequest, await read_json(request))
     references = body.images or []
     check_image_count(len(references), "images")
-    images = [await _fetch(reference, "images", settings) for reference in references]
-    mask = await _fetch(body.mask, "mask", settings) if body.mask is not None else None
+    images = [await read_reference(reference, "images", settings) for reference in references]
+    mask = await read_reference(body.mask, "mask", settings) if body.mask is not None else None
     return body, images, mask
-
-
-async def _fetch(reference: ImageReference, param: str, settings: Settings) -> bytes:
-    if reference.image_url is None:
-        detail = "file ids are not supported here" if reference.file_id else "it is missing"
-        raise InvalidRequest(f"{param} needs an image_url ({detail}); send a data: URL "
-                             "(data:image/png;base64,...).", param=param)
-    return await read_image_url(reference.image_url, param, settings)
