@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import psycopg
@@ -19,6 +21,19 @@ from app.settings import Settings
 from tests.jobs.postgres import TestPostgres, query
 
 
+@asynccontextmanager
+async def migrated_store(postgres: TestPostgres, ttl_s: float) -> AsyncIterator[JobStore]:
+    """A JobStore on a fresh, migrated database of the test PostgreSQL."""
+    database = Database(postgres.new_database(), Settings(database_timeout_s=2))
+    await database.open()
+    try:
+        async with database.connection() as conn:
+            await migrate(conn)
+        yield JobStore(database, ttl_s=ttl_s)
+    finally:
+        await database.close()
+
+
 async def test_migrations_apply_once_and_are_idempotent(postgres: TestPostgres) -> None:
     url = postgres.new_database()
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
@@ -29,13 +44,7 @@ async def test_migrations_apply_once_and_are_idempotent(postgres: TestPostgres) 
 
 
 async def test_store_first_final_write_wins_and_ttl_expires(postgres: TestPostgres) -> None:
-    url = postgres.new_database()
-    database = Database(url, Settings(database_timeout_s=2))
-    await database.open()
-    try:
-        async with database.connection() as conn:
-            await migrate(conn)
-        store = JobStore(database, ttl_s=0.5)
+    async with migrated_store(postgres, ttl_s=0.5) as store:
         job = NewJob(id="job_unit", owner="o", idempotency_key=None, request={"prompt": "x"},
                      seed=1, steps=2, webhook_url=None, webhook_events=[])
         await store.create(job)
@@ -52,8 +61,6 @@ async def test_store_first_final_write_wins_and_ttl_expires(postgres: TestPostgr
                 break
             await asyncio.sleep(0.1)
         assert row is not None and row["expired"]
-    finally:
-        await database.close()
 
 
 async def test_store_progress_written_after_the_final_write_leaves_the_step(
@@ -61,13 +68,7 @@ async def test_store_progress_written_after_the_final_write_leaves_the_step(
 ) -> None:
     # The throttled progress writer may race the final write: a succeeded job stays at
     # step == steps, and the writer learns the job is over.
-    url = postgres.new_database()
-    database = Database(url, Settings(database_timeout_s=2))
-    await database.open()
-    try:
-        async with database.connection() as conn:
-            await migrate(conn)
-        store = JobStore(database, ttl_s=60)
+    async with migrated_store(postgres, ttl_s=60) as store:
         await store.create(NewJob(id="job_late", owner="o", idempotency_key=None,
                                   request={"prompt": "x"}, seed=1, steps=4, webhook_url=None,
                                   webhook_events=[]))
@@ -77,8 +78,6 @@ async def test_store_progress_written_after_the_final_write_leaves_the_step(
         assert await store.progress("job_late", 3) is True  # over: stop watching
         row = await store.get("job_late")
         assert row is not None and (row["progress_step"], row["progress_steps"]) == (4, 4)
-    finally:
-        await database.close()
 
 
 @pytest.mark.parametrize("url", ["http://127.0.0.1:8000/x", "http://localhost/x",

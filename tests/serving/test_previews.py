@@ -71,7 +71,6 @@ def generation(engine: Engine, **fields: Any) -> Generation:
 
 async def run(engine: Engine, generations: list[Generation]) -> list[Any]:
     outcomes = await asyncio.to_thread(engine.run, generations)
-    await asyncio.sleep(0)  # the previews were posted to the loop before the run returned
     return outcomes
 
 
